@@ -1,0 +1,175 @@
+/*
+ * callbacks.c - everything that runs on paho.mqtt.c's own threads.
+ *
+ * Rule: nothing in this file touches Python.  No GIL, no Python allocation,
+ * no reference counts.  paho calls these while holding its process-wide
+ * mqttclient_mutex (delivery/acks) or from short-lived helper threads
+ * (connection lost); taking the GIL here could deadlock against a Python
+ * thread that holds the GIL and waits for that mutex.  We only take
+ * sb_client.mu, which no thread ever holds while calling into paho.
+ *
+ * Allocation uses PyMem_RawMalloc: safe without the GIL.
+ */
+#include "sb.h"
+
+#include <string.h>
+
+/* messageArrived: take ownership of paho's message and queue it.
+ *
+ * Back-pressure: when the queue is full we wait for room, which stops paho's
+ * receive thread and so stops reading the socket: the broker holds further
+ * messages (nothing is dropped).  We do NOT wait while some thread is blocked
+ * on the broker (subscribe, a full publish window, connect, disconnect):
+ * those need this very thread to read the broker's answer, so waiting would
+ * deadlock; the bound is exceeded for that moment instead. */
+int
+sb_cb_message_arrived(void *ctx, char *topic, int topic_len, MQTTClient_message *m)
+{
+    sb_client *c = (sb_client *)ctx;
+    sb_event *ev = PyMem_RawCalloc(1, sizeof *ev);
+    if (ev == NULL)
+        return 0;   /* 0 = not consumed: paho keeps the message and retries */
+    ev->kind = SB_EV_MESSAGE;
+    ev->msg = m;
+    ev->topic = topic;
+    ev->topic_len = topic_len > 0 ? topic_len : (int)strlen(topic);
+    ev->timestamp = sb_monotonic();
+
+    pthread_mutex_lock(&c->mu);
+    if (c->qlen >= c->qmax && !c->closing && c->blocking == 0)
+        c->producer_waits++;
+    while (c->qlen >= c->qmax && !c->closing && c->blocking == 0)
+        pthread_cond_wait(&c->space_cv, &c->mu);
+    c->messages_in++;
+    sb_queue_push_locked(c, ev);
+    pthread_mutex_unlock(&c->mu);
+    return 1;       /* consumed: we free message and topic with MQTTClient_free* */
+}
+
+/* Record the completion of paho message id dt; caller holds mu. */
+static void
+complete_locked(sb_client *c, int dt, int state, int reason)
+{
+    sb_slot *s;
+    if (dt <= 0 || dt >= SB_SLOTS)
+        return;
+    s = &c->slots[dt];
+    if (s->state == SB_PUB_PENDING || s->state == SB_PUB_LOST) {
+        int was_pending = (s->state == SB_PUB_PENDING);
+        /* a LOST slot acknowledged after a session-resuming reconnect did
+         * arrive after all: it becomes DONE like any other */
+        s->state = (unsigned char)state;
+        if (reason > s->reason)
+            s->reason = (unsigned char)reason;
+        if (was_pending && c->inflight > 0)
+            c->inflight--;
+        if (c->want_published) {
+            sb_event *ev = PyMem_RawCalloc(1, sizeof *ev);
+            if (ev) {
+                ev->kind = SB_EV_PUBLISHED;
+                ev->mid = s->mid;
+                ev->reason = s->reason;
+                /* completion events bypass the bound: this thread holds
+                 * paho's mutex and must never wait on the consumer */
+                sb_queue_push_locked(c, ev);
+            }
+        }
+    }
+    else {
+        /* The PUBACK beat the publisher to recording its slot (it is between
+         * MQTTClient_publish5 returning and taking mu).  Leave a note. */
+        s->early = 1;
+        if (reason > s->early_reason)
+            s->early_reason = (unsigned char)reason;
+        if (c->inflight > 0)
+            c->inflight--;
+    }
+    pthread_cond_broadcast(&c->pub_cv);
+}
+
+void
+sb_cb_delivery_complete(void *ctx, MQTTClient_deliveryToken dt)
+{
+    sb_client *c = (sb_client *)ctx;
+    pthread_mutex_lock(&c->mu);
+    if (dt > 0 && dt < SB_SLOTS) {
+        sb_slot *s = &c->slots[dt];
+        int live = (s->state == SB_PUB_PENDING || s->state == SB_PUB_LOST);
+        int reason = live ? s->reason : s->early_reason;
+        complete_locked(c, dt, reason >= 0x80 ? SB_PUB_FAILED : SB_PUB_DONE, reason);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* MQTT 5 only: PUBACK/PUBCOMP (before deliveryComplete) and failed PUBREC
+ * (after which paho ends the flow without deliveryComplete). */
+void
+sb_cb_published(void *ctx, int dt, int packet_type, MQTTProperties *props,
+                enum MQTTReasonCodes rc)
+{
+    sb_client *c = (sb_client *)ctx;
+    (void)props;
+    pthread_mutex_lock(&c->mu);
+    if (dt > 0 && dt < SB_SLOTS) {
+        if (packet_type == 5 /* PUBREC */ && rc >= 0x80)
+            complete_locked(c, dt, SB_PUB_FAILED, (int)rc);
+        else if ((int)rc > c->slots[dt].reason && c->slots[dt].state == SB_PUB_PENDING)
+            c->slots[dt].reason = (unsigned char)rc;
+        else if (c->slots[dt].state != SB_PUB_PENDING && (int)rc > c->slots[dt].early_reason)
+            c->slots[dt].early_reason = (unsigned char)rc;   /* publisher not recorded yet */
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Caller holds mu.  Waiters on pending publishes must not hang on a dead
+ * connection: mark them lost (a later PUBACK after a session-resuming
+ * reconnect still turns them into DONE). */
+void
+sb_mark_pending_lost_locked(sb_client *c)
+{
+    int i;
+    for (i = 1; i < SB_SLOTS; i++)
+        if (c->slots[i].state == SB_PUB_PENDING)
+            c->slots[i].state = SB_PUB_LOST;
+    c->inflight = 0;
+    pthread_cond_broadcast(&c->pub_cv);
+}
+
+/* Runs on a helper thread paho starts for it, while paho's receive thread
+ * waits for us (holding its mutex): be quick, never block. */
+void
+sb_cb_connection_lost(void *ctx, char *cause)
+{
+    sb_client *c = (sb_client *)ctx;
+    sb_event *ev = PyMem_RawCalloc(1, sizeof *ev);
+    (void)cause;   /* paho always passes NULL here */
+    pthread_mutex_lock(&c->mu);
+    c->connected = 0;
+    sb_mark_pending_lost_locked(c);
+    if (ev) {
+        ev->kind = SB_EV_LOST;
+        sb_queue_push_locked(c, ev);
+    }
+    /* a producer waiting for room must not outlive the connection */
+    pthread_cond_broadcast(&c->space_cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* paho's OpenSSL error hook: keep the last message for the TLSError text. */
+int
+sb_cb_ssl_error(const char *str, size_t len, void *ctx)
+{
+    sb_client *c = (sb_client *)ctx;
+    if (c == NULL || str == NULL)
+        return 0;
+    if (len >= sizeof c->tls_error)
+        len = sizeof c->tls_error - 1;
+    pthread_mutex_lock(&c->mu);
+    memcpy(c->tls_error, str, len);
+    c->tls_error[len] = '\0';
+    /* strip OpenSSL's trailing newline */
+    while (len > 0 && (c->tls_error[len - 1] == '\n' || c->tls_error[len - 1] == '\r'))
+        c->tls_error[--len] = '\0';
+    pthread_mutex_unlock(&c->mu);
+    return 0;
+}

@@ -1,0 +1,1358 @@
+/*
+ * client.c - the Connection type: one MQTTClient handle and its queues.
+ *
+ * Python (sermas_bus.client.Client) drives this object; it decides *what* to
+ * do (reconnect policy, callbacks, subscriptions to restore), this file does
+ * the work that must be fast or must not hold the GIL.
+ *
+ * GIL discipline: every MQTTClient_* call below sits inside
+ * Py_BEGIN_ALLOW_THREADS / Py_END_ALLOW_THREADS, because paho runs our
+ * callbacks while holding its global mutex; a thread holding the GIL while
+ * waiting for that mutex would deadlock against any thread waiting for the
+ * GIL.  Strings handed to paho while the GIL is released are raw copies
+ * (PyMem_Raw*), never buffers of Python objects another thread could free.
+ */
+#include "sb.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <structmember.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MQTT_ERR_SUCCESS 0
+#define MQTT_ERR_NO_CONN 4
+#define MQTT_ERR_QUEUE_SIZE 15
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static char *
+raw_strdup(const char *s, Py_ssize_t len)
+{
+    char *r = PyMem_RawMalloc((size_t)len + 1);
+    if (r == NULL)
+        return NULL;
+    memcpy(r, s, (size_t)len);
+    r[len] = '\0';
+    return r;
+}
+
+/* str -> raw UTF-8 copy; NULL with an exception on error. */
+static char *
+raw_utf8(PyObject *o, const char *what)
+{
+    Py_ssize_t len;
+    const char *s;
+    if (!PyUnicode_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "%s must be str, not %.100s", what, Py_TYPE(o)->tp_name);
+        return NULL;
+    }
+    s = PyUnicode_AsUTF8AndSize(o, &len);
+    if (s == NULL)
+        return NULL;
+    if ((Py_ssize_t)strlen(s) != len) {
+        PyErr_Format(PyExc_ValueError, "%s must not contain NUL characters", what);
+        return NULL;
+    }
+    return raw_strdup(s, len);
+}
+
+static void
+free_str_array(char **a, Py_ssize_t n)
+{
+    Py_ssize_t i;
+    if (a == NULL)
+        return;
+    for (i = 0; i < n; i++)
+        PyMem_RawFree(a[i]);
+    PyMem_RawFree(a);
+}
+
+static int
+check_usable(sb_client *self, sb_state *st)
+{
+    if (self->owner_pid != getpid()) {
+        PyErr_SetString(st->ForkError,
+                        "this client was created in the parent process and cannot be used after fork(); "
+                        "create clients after fork() (paho.mqtt.c's threads do not survive it)");
+        return -1;
+    }
+    if (self->closing) {
+        PyErr_SetString(st->ClosedError, "the client is closed; create a new one");
+        return -1;
+    }
+    return 0;
+}
+
+static sb_state *
+state_of(sb_client *self)
+{
+    return sb_get_state_by_type(Py_TYPE(self));
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+static PyObject *
+conn_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"client_id", "queue_max", NULL};
+    PyObject *client_id;
+    Py_ssize_t queue_max = 10000;
+    sb_client *self;
+    int rc;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "U|n:Connection", kwlist, &client_id, &queue_max))
+        return NULL;
+    if (queue_max < 1) {
+        PyErr_SetString(PyExc_ValueError, "queue_max must be at least 1");
+        return NULL;
+    }
+    self = (sb_client *)tp->tp_alloc(tp, 0);
+    if (self == NULL)
+        return NULL;
+    self->efd = -1;
+    self->owner_pid = getpid();
+    self->qmax = queue_max;
+    self->window = 20;
+    self->next_mid = 0;
+    self->client_id = raw_utf8(client_id, "client_id");
+    if (self->client_id == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->slots = PyMem_RawCalloc(SB_SLOTS, sizeof(sb_slot));
+    if (self->slots == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    if ((rc = sb_queue_init(self)) != 0) {
+        Py_DECREF(self);
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return (PyObject *)self;
+}
+
+/* Destroy the paho handle.  GIL must NOT be held: MQTTClient_destroy may wait
+ * up to ~10 s for paho's receive thread, which may want the mutex it holds. */
+static void
+destroy_handle_nogil(sb_client *self)
+{
+    MQTTClient h = self->handle;
+    if (h == NULL)
+        return;
+    self->handle = NULL;
+    MQTTClient_destroy(&h);
+}
+
+/* Close: mark closed, wake everything, disconnect and destroy without the
+ * GIL, then free queued events with it.  Safe to call twice. */
+static void
+conn_close_impl(sb_client *self)
+{
+    MQTTClient h = self->handle;
+    int was_connected;
+
+    if (self->slots == NULL)   /* half-built object */
+        return;
+    pthread_mutex_lock(&self->mu);
+    self->closing = 1;
+    was_connected = self->connected;
+    self->connected = 0;
+    pthread_cond_broadcast(&self->space_cv);   /* a blocked producer must let go */
+    pthread_cond_broadcast(&self->ev_cv);
+    pthread_cond_broadcast(&self->pub_cv);
+    pthread_mutex_unlock(&self->mu);
+
+    if (h != NULL && self->owner_pid == getpid()) {
+        /* release the GIL: disconnect/destroy wait for paho's threads */
+        Py_BEGIN_ALLOW_THREADS
+        if (was_connected)
+            MQTTClient_disconnect(h, 0);
+        destroy_handle_nogil(self);
+        Py_END_ALLOW_THREADS
+    }
+    self->handle = NULL;   /* after fork: forget, never destroy (paho's state is the parent's) */
+    sb_queue_clear(self);
+    pthread_mutex_lock(&self->mu);
+    sb_mark_pending_lost_locked(self);
+    pthread_mutex_unlock(&self->mu);
+}
+
+static int
+conn_traverse(sb_client *self, visitproc visit, void *arg)
+{
+    sb_event *ev;
+    Py_VISIT(Py_TYPE(self));
+    /* posted objects are owned by queued events: visit them (GIL held, and
+     * paho's thread never touches SB_EV_USER events) */
+    for (ev = self->head; ev; ev = ev->next)
+        if (ev->kind == SB_EV_USER)
+            Py_VISIT(ev->obj);
+    return 0;
+}
+
+static int
+conn_clear(sb_client *self)
+{
+    return 0;   /* posted objects are dropped by close */
+}
+
+static void
+conn_dealloc(sb_client *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->slots != NULL) {
+        conn_close_impl(self);
+        pthread_mutex_destroy(&self->mu);
+        pthread_cond_destroy(&self->ev_cv);
+        pthread_cond_destroy(&self->space_cv);
+        pthread_cond_destroy(&self->pub_cv);
+        PyMem_RawFree(self->slots);
+    }
+    if (self->efd >= 0)
+        close(self->efd);
+    PyMem_RawFree(self->client_id);
+    PyMem_RawFree(self->first_uri);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+/* ---- connect ----------------------------------------------------------- */
+
+typedef struct {
+    char **uris;
+    Py_ssize_t n_uris;
+    char *username;
+    char *password;
+    Py_ssize_t password_len;
+    char *will_topic;
+    char *will_payload;
+    Py_ssize_t will_payload_len;
+    char *tls_strings[6];     /* cafile, capath, certfile, keyfile, keypass, ciphers */
+    MQTTClient_nameValue *headers;
+    Py_ssize_t n_headers;
+} connect_args;
+
+static void
+connect_args_free(connect_args *a)
+{
+    int i;
+    Py_ssize_t j;
+    free_str_array(a->uris, a->n_uris);
+    PyMem_RawFree(a->username);
+    PyMem_RawFree(a->password);
+    PyMem_RawFree(a->will_topic);
+    PyMem_RawFree(a->will_payload);
+    for (i = 0; i < 6; i++)
+        PyMem_RawFree(a->tls_strings[i]);
+    if (a->headers) {
+        for (j = 0; j < a->n_headers; j++) {
+            PyMem_RawFree((void *)a->headers[j].name);
+            PyMem_RawFree((void *)a->headers[j].value);
+        }
+        PyMem_RawFree(a->headers);
+    }
+}
+
+/* Optional str or None from a dict -> raw copy (NULL if absent). */
+static int
+dict_str(PyObject *d, const char *key, char **out)
+{
+    PyObject *v;
+    *out = NULL;
+    if (d == NULL || d == Py_None)
+        return 0;
+    v = PyDict_GetItemString(d, key);   /* borrowed */
+    if (v == NULL || v == Py_None)
+        return 0;
+    *out = raw_utf8(v, key);
+    return *out == NULL ? -1 : 0;
+}
+
+static int
+dict_flag(PyObject *d, const char *key, int dflt)
+{
+    PyObject *v;
+    if (d == NULL || d == Py_None)
+        return dflt;
+    v = PyDict_GetItemString(d, key);
+    if (v == NULL)
+        return dflt;
+    return PyObject_IsTrue(v);
+}
+
+static PyObject *
+conn_connect(sb_client *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"uris", "mqtt_version", "keepalive", "clean", "username", "password",
+                             "will", "will_props", "props", "tls", "http_headers", "timeout",
+                             "max_inflight", NULL};
+    PyObject *uris, *username = Py_None, *password = Py_None, *will = Py_None, *will_props = Py_None;
+    PyObject *props = Py_None, *tls = Py_None, *headers = Py_None, *result = NULL, *connack_props = NULL;
+    int version = MQTTVERSION_5, keepalive = 60, clean = 1, max_inflight = 20;
+    double timeout = 30.0;
+    sb_state *st = state_of(self);
+    connect_args a;
+    MQTTClient_connectOptions opts = MQTTClient_connectOptions_initializer;
+    MQTTClient_SSLOptions ssl = MQTTClient_SSLOptions_initializer;
+    MQTTClient_willOptions willopts = MQTTClient_willOptions_initializer;
+    MQTTProperties cprops = MQTTProperties_initializer, wprops = MQTTProperties_initializer;
+    MQTTResponse resp = MQTTResponse_initializer;
+    int rc = 0, create_rc = 0, need_create, tls_wanted = 0, server_rm = 65535, reason = -1;
+    int session_present = 0, returned_version = 0;
+    char returned_uri[512] = "";
+    char uri_list[600] = "";
+    MQTTClient_deliveryToken *tokens = NULL;
+    Py_ssize_t i;
+
+    memset(&a, 0, sizeof a);
+    if (st == NULL || check_usable(self, st) < 0)
+        return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|iipOOOOOOOdi:connect", kwlist, &PyList_Type, &uris,
+                                     &version, &keepalive, &clean, &username, &password, &will,
+                                     &will_props, &props, &tls, &headers, &timeout, &max_inflight))
+        return NULL;
+    if (version != MQTTVERSION_3_1 && version != MQTTVERSION_3_1_1 && version != MQTTVERSION_5) {
+        PyErr_Format(PyExc_ValueError, "mqtt_version must be 3, 4 or 5, not %d", version);
+        return NULL;
+    }
+    a.n_uris = PyList_GET_SIZE(uris);
+    if (a.n_uris < 1) {
+        PyErr_SetString(PyExc_ValueError, "connect needs at least one broker URI");
+        return NULL;
+    }
+    a.uris = PyMem_RawCalloc((size_t)a.n_uris, sizeof(char *));
+    if (a.uris == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < a.n_uris; i++) {
+        if ((a.uris[i] = raw_utf8(PyList_GET_ITEM(uris, i), "broker URI")) == NULL)
+            goto done;
+        if (strncmp(a.uris[i], "ssl://", 6) == 0 || strncmp(a.uris[i], "wss://", 6) == 0 ||
+            strncmp(a.uris[i], "mqtts://", 8) == 0)
+            tls_wanted = 1;
+        if (i > 0)
+            strncat(uri_list, ", ", sizeof uri_list - strlen(uri_list) - 1);
+        strncat(uri_list, a.uris[i], sizeof uri_list - strlen(uri_list) - 1);
+    }
+    if (username != Py_None && (a.username = raw_utf8(username, "username")) == NULL)
+        goto done;
+    if (password != Py_None) {
+        char *p;
+        if (!PyBytes_Check(password)) {
+            PyErr_SetString(PyExc_TypeError, "password must be bytes or None");
+            goto done;
+        }
+        PyBytes_AsStringAndSize(password, &p, &a.password_len);
+        if ((a.password = raw_strdup(p, a.password_len)) == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    if (will != Py_None) {
+        PyObject *wt, *wp;
+        int wq, wr;
+        char *p;
+        if (!PyArg_ParseTuple(will, "O!O!ip:will", &PyUnicode_Type, &wt, &PyBytes_Type, &wp, &wq, &wr))
+            goto done;
+        if ((a.will_topic = raw_utf8(wt, "will topic")) == NULL)
+            goto done;
+        PyBytes_AsStringAndSize(wp, &p, &a.will_payload_len);
+        if ((a.will_payload = raw_strdup(p, a.will_payload_len)) == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        willopts.topicName = a.will_topic;
+        willopts.payload.data = a.will_payload;
+        willopts.payload.len = (int)a.will_payload_len;
+        willopts.qos = wq;
+        willopts.retained = wr;
+        opts.will = &willopts;
+    }
+    if (tls != Py_None) {
+        if (!PyDict_Check(tls)) {
+            PyErr_SetString(PyExc_TypeError, "tls must be a dict or None");
+            goto done;
+        }
+        if (dict_str(tls, "ca_certs", &a.tls_strings[0]) < 0 || dict_str(tls, "ca_path", &a.tls_strings[1]) < 0 ||
+            dict_str(tls, "certfile", &a.tls_strings[2]) < 0 || dict_str(tls, "keyfile", &a.tls_strings[3]) < 0 ||
+            dict_str(tls, "keyfile_password", &a.tls_strings[4]) < 0 || dict_str(tls, "ciphers", &a.tls_strings[5]) < 0)
+            goto done;
+        ssl.trustStore = a.tls_strings[0];
+        ssl.CApath = a.tls_strings[1];
+        ssl.keyStore = a.tls_strings[2];
+        ssl.privateKey = a.tls_strings[3] ? a.tls_strings[3] : a.tls_strings[2];
+        ssl.privateKeyPassword = a.tls_strings[4];
+        ssl.enabledCipherSuites = a.tls_strings[5];
+        ssl.enableServerCertAuth = dict_flag(tls, "verify", 1);
+        ssl.verify = dict_flag(tls, "check_hostname", 1);
+        ssl.sslVersion = MQTT_SSL_VERSION_DEFAULT;
+        ssl.ssl_error_cb = sb_cb_ssl_error;
+        ssl.ssl_error_context = self;
+        opts.ssl = &ssl;
+    }
+    else if (tls_wanted) {
+        /* secure scheme without tls settings: verify against the system store */
+        ssl.enableServerCertAuth = 1;
+        ssl.verify = 1;
+        ssl.ssl_error_cb = sb_cb_ssl_error;
+        ssl.ssl_error_context = self;
+        opts.ssl = &ssl;
+    }
+    if (headers != Py_None) {
+        PyObject *seq = PySequence_Fast(headers, "http_headers must be a sequence of (name, value)");
+        if (seq == NULL)
+            goto done;
+        a.n_headers = PySequence_Fast_GET_SIZE(seq);
+        a.headers = PyMem_RawCalloc((size_t)a.n_headers + 1, sizeof(MQTTClient_nameValue));
+        if (a.headers == NULL) {
+            Py_DECREF(seq);
+            PyErr_NoMemory();
+            goto done;
+        }
+        for (i = 0; i < a.n_headers; i++) {
+            PyObject *kv = PySequence_Fast_GET_ITEM(seq, i);
+            if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
+                Py_DECREF(seq);
+                PyErr_SetString(PyExc_TypeError, "http_headers items must be (name, value) tuples");
+                goto done;
+            }
+            a.headers[i].name = raw_utf8(PyTuple_GET_ITEM(kv, 0), "header name");
+            if (a.headers[i].name == NULL ||
+                (a.headers[i].value = raw_utf8(PyTuple_GET_ITEM(kv, 1), "header value")) == NULL) {
+                Py_DECREF(seq);
+                goto done;
+            }
+        }
+        Py_DECREF(seq);
+        opts.httpHeaders = a.headers;
+    }
+    if (version >= MQTTVERSION_5) {
+        if (sb_props_from_pairs(props, &cprops) < 0 || sb_props_from_pairs(will_props, &wprops) < 0)
+            goto done;
+    }
+    else if ((props != Py_None && PyObject_IsTrue(props)) || (will_props != Py_None && PyObject_IsTrue(will_props))) {
+        PyErr_SetString(st->ProtocolError, "MQTT 5 properties cannot be sent over MQTT 3.1.1; use protocol=MQTTv5");
+        goto done;
+    }
+
+    opts.keepAliveInterval = keepalive;
+    opts.MQTTVersion = version;
+    if (version >= MQTTVERSION_5) {
+        opts.cleanstart = clean;
+        opts.cleansession = 0;
+    }
+    else {
+        opts.cleansession = clean;
+        opts.cleanstart = 0;
+    }
+    opts.username = a.username;
+    if (a.password) {
+        opts.binarypwd.data = a.password;
+        opts.binarypwd.len = (int)a.password_len;
+    }
+    opts.connectTimeout = timeout < 1 ? 1 : (int)(timeout + 0.999);
+    opts.retryInterval = 0;
+    if (max_inflight < 1 || max_inflight > 65535)
+        max_inflight = 65535;
+    opts.maxInflightMessages = max_inflight;
+    opts.serverURIs = a.uris;
+    opts.serverURIcount = (int)a.n_uris;
+    opts.reliable = 0;   /* we keep our own window; paho's "reliable" means 1 in flight */
+
+    need_create = self->handle == NULL || self->mqtt_version != version ||
+                  self->first_uri == NULL || strcmp(self->first_uri, a.uris[0]) != 0;
+    pthread_mutex_lock(&self->mu);
+    self->tls_error[0] = '\0';
+    self->blocking++;
+    pthread_mutex_unlock(&self->mu);
+
+    /* connect blocks on the network for up to `timeout`: release the GIL */
+    Py_BEGIN_ALLOW_THREADS
+    if (need_create) {
+        MQTTClient_createOptions co = MQTTClient_createOptions_initializer;
+        destroy_handle_nogil(self);
+        co.MQTTVersion = version;
+        create_rc = MQTTClient_createWithOptions(&self->handle, a.uris[0], self->client_id,
+                                                 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+        if (create_rc == MQTTCLIENT_SUCCESS)
+            create_rc = MQTTClient_setCallbacks(self->handle, self, sb_cb_connection_lost,
+                                                sb_cb_message_arrived, sb_cb_delivery_complete);
+        if (create_rc == MQTTCLIENT_SUCCESS && version >= MQTTVERSION_5)
+            create_rc = MQTTClient_setPublished(self->handle, self, sb_cb_published);
+        if (create_rc != MQTTCLIENT_SUCCESS)
+            destroy_handle_nogil(self);
+    }
+    if (create_rc == MQTTCLIENT_SUCCESS) {
+        if (version >= MQTTVERSION_5) {
+            resp = MQTTClient_connect5(self->handle, &opts, &cprops, &wprops);
+            rc = (int)resp.reasonCode < 0 ? (int)resp.reasonCode : ((int)resp.reasonCode >= 0x80 ? (int)resp.reasonCode : 0);
+            reason = (int)resp.reasonCode > 0 ? (int)resp.reasonCode : -1;
+            if (resp.properties && rc == 0) {
+                if (MQTTProperties_hasProperty(resp.properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
+                    server_rm = MQTTProperties_getNumericValue(resp.properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
+            }
+        }
+        else {
+            rc = MQTTClient_connect(self->handle, &opts);
+            reason = rc > 0 ? rc : -1;
+        }
+        if (rc == 0) {
+            int ntok = 0;
+            session_present = opts.returned.sessionPresent;
+            returned_version = opts.returned.MQTTVersion;
+            if (opts.returned.serverURI)
+                snprintf(returned_uri, sizeof returned_uri, "%s", opts.returned.serverURI);
+            /* which of our QoS>0 publishes does paho still hold (resumed session)? */
+            if (MQTTClient_getPendingDeliveryTokens(self->handle, &tokens) == MQTTCLIENT_SUCCESS && tokens)
+                while (tokens[ntok] != -1)
+                    ntok++;
+            pthread_mutex_lock(&self->mu);
+            self->connected = 1;
+            self->window = (unsigned)(max_inflight < server_rm ? max_inflight : server_rm);
+            for (i = 1; i < SB_SLOTS; i++)
+                if (self->slots[i].state == SB_PUB_PENDING)
+                    self->slots[i].state = SB_PUB_LOST;
+            for (i = 0; i < ntok; i++)
+                if (tokens[i] > 0 && tokens[i] < SB_SLOTS && self->slots[tokens[i]].state == SB_PUB_LOST)
+                    self->slots[tokens[i]].state = SB_PUB_PENDING;
+            self->inflight = (unsigned)ntok;
+            pthread_cond_broadcast(&self->pub_cv);
+            pthread_mutex_unlock(&self->mu);
+            if (tokens)
+                MQTTClient_free(tokens);
+        }
+    }
+    Py_END_ALLOW_THREADS
+
+    pthread_mutex_lock(&self->mu);
+    self->blocking--;
+    pthread_mutex_unlock(&self->mu);
+
+    if (need_create) {
+        PyMem_RawFree(self->first_uri);
+        self->first_uri = NULL;
+        if (self->handle != NULL) {
+            self->mqtt_version = version;
+            self->first_uri = raw_strdup(a.uris[0], (Py_ssize_t)strlen(a.uris[0]));
+        }
+    }
+    if (create_rc != MQTTCLIENT_SUCCESS) {
+        sb_raise_rc(st, "creating the MQTT client", create_rc);
+        goto done;
+    }
+    if (rc != 0) {
+        char tls_error[sizeof self->tls_error];
+        pthread_mutex_lock(&self->mu);
+        memcpy(tls_error, self->tls_error, sizeof tls_error);
+        pthread_mutex_unlock(&self->mu);
+        sb_raise_connect_failure(st, uri_list, version, rc, reason, tls_error);
+        goto done;
+    }
+    if (resp.properties) {
+        connack_props = sb_props_to_object(st, 2 /* CONNACK */, resp.properties);
+        if (connack_props == NULL)
+            goto done;
+    }
+    else
+        connack_props = Py_NewRef(Py_None);
+    result = Py_BuildValue("{s:s,s:i,s:O,s:O,s:i,s:I}", "server_uri", returned_uri,
+                           "mqtt_version", returned_version ? returned_version : version,
+                           "session_present", session_present ? Py_True : Py_False,
+                           "properties", connack_props, "receive_maximum", server_rm,
+                           "window", self->window);
+done:
+    Py_XDECREF(connack_props);
+    MQTTResponse_free(resp);
+    MQTTProperties_free(&cprops);
+    MQTTProperties_free(&wprops);
+    connect_args_free(&a);
+    return result;
+}
+
+/* ---- publish ----------------------------------------------------------- */
+
+/* Validate a topic name for publishing; returns 0 or -1 with ValueError. */
+static int
+check_pub_topic(const char *t, Py_ssize_t len)
+{
+    if (len == 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid topic: a publish topic must not be empty");
+        return -1;
+    }
+    if (len > 65535) {
+        PyErr_SetString(PyExc_ValueError, "invalid topic: longer than 65535 UTF-8 bytes");
+        return -1;
+    }
+    if (memchr(t, '+', (size_t)len) || memchr(t, '#', (size_t)len)) {
+        PyErr_Format(PyExc_ValueError,
+                     "invalid topic %R: wildcards '+' and '#' are only allowed when subscribing",
+                     PyUnicode_DecodeUTF8(t, len, "replace"));
+        return -1;
+    }
+    if (memchr(t, '\0', (size_t)len)) {
+        PyErr_SetString(PyExc_ValueError, "invalid topic: contains a NUL character");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    sb_state *st = state_of(self);
+    PyObject *topic, *payload, *props = Py_None, *tmp_payload = NULL, *result = NULL;
+    const char *t;
+    Py_ssize_t tlen;
+    Py_buffer buf = {0};
+    int have_buf = 0, qos, retain, rc = MQTT_ERR_SUCCESS, paho_rc = 0, mid, token = 0, blocked = 0;
+    int is_dispatcher;
+    uint64_t seq = 0;
+    MQTTProperties mprops = MQTTProperties_initializer;
+    MQTTResponse resp = MQTTResponse_initializer;
+    char *topic_copy = NULL;
+
+    if (st == NULL || check_usable(self, st) < 0)
+        return NULL;
+    if (nargs < 4 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "publish(topic, payload, qos, retain, props=None)");
+        return NULL;
+    }
+    topic = args[0];
+    payload = args[1];
+    qos = PyLong_AsLong(args[2]);
+    if (qos == -1 && PyErr_Occurred())
+        return NULL;
+    retain = PyObject_IsTrue(args[3]);
+    if (retain < 0)
+        return NULL;
+    if (nargs == 5)
+        props = args[4];
+    if (qos < 0 || qos > 2) {
+        PyErr_Format(PyExc_ValueError, "invalid QoS %d: must be 0, 1 or 2", qos);
+        return NULL;
+    }
+    if (PyUnicode_Check(topic)) {
+        t = PyUnicode_AsUTF8AndSize(topic, &tlen);
+        if (t == NULL) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "invalid topic: not encodable as UTF-8 (lone surrogates?)");
+            return NULL;
+        }
+    }
+    else if (PyBytes_Check(topic)) {
+        PyObject *check;
+        t = PyBytes_AS_STRING(topic);
+        tlen = PyBytes_GET_SIZE(topic);
+        check = PyUnicode_DecodeUTF8(t, tlen, "strict");
+        if (check == NULL) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "invalid topic: bytes are not valid UTF-8");
+            return NULL;
+        }
+        Py_DECREF(check);
+    }
+    else {
+        PyErr_Format(PyExc_TypeError, "topic must be str or bytes, not %.100s", Py_TYPE(topic)->tp_name);
+        return NULL;
+    }
+    if (check_pub_topic(t, tlen) < 0)
+        return NULL;
+
+    /* payload: None, str (UTF-8), int/float (as text, like paho), or any buffer */
+    if (payload == Py_None)
+        tmp_payload = PyBytes_FromStringAndSize("", 0);
+    else if (PyUnicode_Check(payload))
+        tmp_payload = PyUnicode_AsUTF8String(payload);
+    else if (PyLong_Check(payload) || PyFloat_Check(payload)) {
+        PyObject *s = PyObject_Str(payload);
+        if (s != NULL) {
+            tmp_payload = PyUnicode_AsUTF8String(s);
+            Py_DECREF(s);
+        }
+    }
+    if (tmp_payload == NULL && PyErr_Occurred())
+        goto done;
+    if (tmp_payload != NULL) {
+        if (PyObject_GetBuffer(tmp_payload, &buf, PyBUF_SIMPLE) < 0)
+            goto done;
+        have_buf = 1;
+    }
+    else if (PyObject_CheckBuffer(payload)) {
+        if (PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "payload of type %.100s is not a contiguous buffer; pass bytes",
+                         Py_TYPE(payload)->tp_name);
+            goto done;
+        }
+        have_buf = 1;
+    }
+    else {
+        PyErr_Format(PyExc_TypeError,
+                     "payload must be bytes, bytearray, memoryview, str, int, float or None, not %.100s "
+                     "(encode it first, e.g. json.dumps(payload))", Py_TYPE(payload)->tp_name);
+        goto done;
+    }
+    if (buf.len > 268435455) {
+        PyErr_SetString(PyExc_ValueError, "payload too large: MQTT allows at most 268435455 bytes");
+        goto done;
+    }
+    if (self->handle != NULL && self->mqtt_version >= MQTTVERSION_5) {
+        if (sb_props_from_pairs(props, &mprops) < 0)
+            goto done;
+    }
+    else if (props != Py_None && PyObject_IsTrue(props) && self->handle != NULL) {
+        PyErr_SetString(st->ProtocolError,
+                        "MQTT 5 properties cannot be sent over MQTT 3.1.1; connect with protocol=MQTTv5");
+        goto done;
+    }
+    /* paho reads the topic while the GIL is released: use a private copy */
+    topic_copy = raw_strdup(t, tlen);
+    if (topic_copy == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+
+    /* publishing needs paho's mutex and may wait for window room: no GIL */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mu);
+    /* The thread running on_message must never wait (window room, socket
+     * writes) while paho's receive thread waits for that same thread to drain
+     * the queue: while it publishes, the receive thread may overfill instead. */
+    is_dispatcher = self->dispatching && pthread_equal(self->dispatch_tid, pthread_self());
+    if (++self->next_mid > 65535)
+        self->next_mid = 1;
+    mid = self->next_mid;
+    if (!self->connected || self->handle == NULL)
+        rc = MQTT_ERR_NO_CONN;
+    else if (qos > 0) {
+        if (is_dispatcher) {
+            self->blocking++;
+            blocked = 1;
+            pthread_cond_broadcast(&self->space_cv);
+        }
+        while (self->inflight >= self->window && self->connected && !self->closing)
+            pthread_cond_wait(&self->pub_cv, &self->mu);
+        if (!self->connected || self->closing)
+            rc = MQTT_ERR_NO_CONN;
+        else
+            self->inflight++;   /* reserve our place in the window */
+    }
+    else if (is_dispatcher) {
+        self->blocking++;
+        blocked = 1;
+        pthread_cond_broadcast(&self->space_cv);
+    }
+    pthread_mutex_unlock(&self->mu);
+
+    if (rc == MQTT_ERR_SUCCESS) {
+        if (self->mqtt_version >= MQTTVERSION_5) {
+            resp = MQTTClient_publish5(self->handle, topic_copy, (int)buf.len, buf.buf, qos, retain,
+                                       &mprops, &token);
+            paho_rc = resp.reasonCode < 0 ? resp.reasonCode : 0;
+        }
+        else
+            paho_rc = MQTTClient_publish(self->handle, topic_copy, (int)buf.len, buf.buf, qos, retain, &token);
+    }
+
+    pthread_mutex_lock(&self->mu);
+    if (blocked)
+        self->blocking--;
+    if (rc == MQTT_ERR_SUCCESS && paho_rc != MQTTCLIENT_SUCCESS) {
+        if (qos > 0 && self->inflight > 0)
+            self->inflight--;
+        rc = (paho_rc == MQTTCLIENT_DISCONNECTED || paho_rc == MQTTCLIENT_FAILURE) ? MQTT_ERR_NO_CONN
+           : paho_rc == MQTTCLIENT_MAX_MESSAGES_INFLIGHT ? MQTT_ERR_QUEUE_SIZE : -1;
+    }
+    else if (rc == MQTT_ERR_SUCCESS && qos > 0 && token > 0 && token < SB_SLOTS) {
+        sb_slot *s = &self->slots[token];
+        seq = ++self->pub_seq;
+        s->prev_seq = s->seq;
+        s->prev_state = s->state;
+        s->prev_reason = s->reason;
+        s->seq = seq;
+        s->mid = mid;
+        s->reason = s->early_reason;
+        if (s->early) {
+            /* the broker answered before we got here; its decrement is done */
+            s->state = s->early_reason >= 0x80 ? SB_PUB_FAILED : SB_PUB_DONE;
+        }
+        else
+            s->state = SB_PUB_PENDING;
+        if (s->early && self->want_published) {
+            sb_event *ev = PyMem_RawCalloc(1, sizeof *ev);
+            if (ev) {
+                ev->kind = SB_EV_PUBLISHED;
+                ev->mid = mid;
+                ev->reason = s->reason;
+                sb_queue_push_locked(self, ev);
+            }
+        }
+        s->early = 0;
+        s->early_reason = 0;
+    }
+    else if (rc == MQTT_ERR_SUCCESS && qos == 0 && self->want_published) {
+        sb_event *ev = PyMem_RawCalloc(1, sizeof *ev);
+        if (ev) {
+            ev->kind = SB_EV_PUBLISHED;
+            ev->mid = mid;
+            sb_queue_push_locked(self, ev);
+        }
+    }
+    pthread_mutex_unlock(&self->mu);
+    Py_END_ALLOW_THREADS
+
+    if (rc == -1) {
+        sb_raise_rc(st, "publish", paho_rc);
+        goto done;
+    }
+    result = Py_BuildValue("(iiKi)", rc, mid, (unsigned long long)seq, token);
+done:
+    MQTTResponse_free(resp);
+    MQTTProperties_free(&mprops);
+    PyMem_RawFree(topic_copy);
+    if (have_buf)
+        PyBuffer_Release(&buf);
+    Py_XDECREF(tmp_payload);
+    return result;
+}
+
+/* State of publish (seq, token); caller holds mu. */
+static int
+pub_state_locked(sb_client *self, uint64_t seq, int token, int *reason)
+{
+    sb_slot *s;
+    *reason = 0;
+    if (seq == 0 || token <= 0 || token >= SB_SLOTS)
+        return SB_PUB_DONE;      /* QoS 0: done once written */
+    s = &self->slots[token];
+    if (s->seq == seq) {
+        *reason = s->reason;
+        return s->state;
+    }
+    if (s->prev_seq == seq) {
+        *reason = s->prev_reason;
+        return s->prev_state;
+    }
+    return SB_PUB_DONE;          /* the id was reused twice since: long finished */
+}
+
+static PyObject *
+conn_wait_published(sb_client *self, PyObject *args)
+{
+    unsigned long long seq;
+    int token, state, reason = 0;
+    double timeout, deadline;
+    if (!PyArg_ParseTuple(args, "Kid:wait_published", &seq, &token, &timeout))
+        return NULL;
+    deadline = timeout < 0 ? -1.0 : sb_monotonic() + timeout;
+    /* waiting for the broker's acknowledgement: release the GIL */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mu);
+    while ((state = pub_state_locked(self, seq, token, &reason)) == SB_PUB_PENDING && !self->closing) {
+        if (sb_timed_wait(&self->pub_cv, &self->mu, deadline) == ETIMEDOUT) {
+            state = pub_state_locked(self, seq, token, &reason);
+            break;
+        }
+    }
+    if (state == SB_PUB_PENDING && self->closing)
+        state = SB_PUB_LOST;
+    pthread_mutex_unlock(&self->mu);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(ii)", state, reason);
+}
+
+/* ---- subscribe / unsubscribe ------------------------------------------ */
+
+static PyObject *
+conn_subscribe(sb_client *self, PyObject *args)
+{
+    sb_state *st = state_of(self);
+    PyObject *items, *props = Py_None, *seq = NULL, *result = NULL;
+    Py_ssize_t n = 0, i;
+    char **topics = NULL;
+    int *qos = NULL, v5;
+    MQTTSubscribe_options *opts = NULL;
+    MQTTProperties mprops = MQTTProperties_initializer;
+    MQTTResponse resp = MQTTResponse_initializer;
+
+    if (st == NULL || check_usable(self, st) < 0)
+        return NULL;
+    if (!PyArg_ParseTuple(args, "O|O:subscribe", &items, &props))
+        return NULL;
+    if (self->handle == NULL || !self->connected) {
+        PyErr_SetString(st->NotConnectedError, "subscribe needs a connection; call connect() first");
+        return NULL;
+    }
+    v5 = self->mqtt_version >= MQTTVERSION_5;
+    seq = PySequence_Fast(items, "subscribe items must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "subscribe needs at least one topic filter");
+        goto done;
+    }
+    topics = PyMem_RawCalloc((size_t)n, sizeof(char *));
+    qos = PyMem_RawCalloc((size_t)n, sizeof(int));
+    opts = PyMem_RawCalloc((size_t)n, sizeof(MQTTSubscribe_options));
+    if (!topics || !qos || !opts) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *f;
+        int q, nl, rap, rh;
+        MQTTSubscribe_options init = MQTTSubscribe_options_initializer;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "Uippi:subscribe item", &f, &q, &nl, &rap, &rh))
+            goto done;
+        if ((topics[i] = raw_utf8(f, "topic filter")) == NULL)
+            goto done;
+        qos[i] = q;
+        opts[i] = init;
+        opts[i].noLocal = (unsigned char)nl;
+        opts[i].retainAsPublished = (unsigned char)rap;
+        opts[i].retainHandling = (unsigned char)rh;
+    }
+    if (v5 && sb_props_from_pairs(props, &mprops) < 0)
+        goto done;
+
+    /* SUBACK comes back through paho's receive thread: wait without the GIL */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mu);
+    self->blocking++;
+    pthread_cond_broadcast(&self->space_cv);
+    pthread_mutex_unlock(&self->mu);
+    resp = MQTTClient_subscribeMany5(self->handle, (int)n, topics, qos, v5 ? opts : NULL, v5 ? &mprops : NULL);
+    pthread_mutex_lock(&self->mu);
+    self->blocking--;
+    pthread_mutex_unlock(&self->mu);
+    Py_END_ALLOW_THREADS
+
+    if (resp.reasonCode < 0 && !(v5 == 0 && resp.reasonCode == MQTTCLIENT_FAILURE)) {
+        sb_raise_rc(st, "subscribe", resp.reasonCode);
+        goto done;
+    }
+    result = PyList_New(n);
+    if (result == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        int code;
+        if (v5)
+            code = (n > 1 && resp.reasonCodes) ? (int)resp.reasonCodes[i] : (int)resp.reasonCode;
+        else
+            code = qos[i];   /* 3.1.1: granted QoS or 0x80 */
+        PyList_SET_ITEM(result, i, PyLong_FromLong(code));
+    }
+done:
+    MQTTResponse_free(resp);
+    MQTTProperties_free(&mprops);
+    free_str_array(topics, n);
+    PyMem_RawFree(qos);
+    PyMem_RawFree(opts);
+    Py_XDECREF(seq);
+    return result;
+}
+
+static PyObject *
+conn_unsubscribe(sb_client *self, PyObject *args)
+{
+    sb_state *st = state_of(self);
+    PyObject *filters, *props = Py_None, *seq = NULL, *result = NULL;
+    Py_ssize_t n = 0, i;
+    char **topics = NULL;
+    int v5;
+    MQTTProperties mprops = MQTTProperties_initializer;
+    MQTTResponse resp = MQTTResponse_initializer;
+
+    if (st == NULL || check_usable(self, st) < 0)
+        return NULL;
+    if (!PyArg_ParseTuple(args, "O|O:unsubscribe", &filters, &props))
+        return NULL;
+    if (self->handle == NULL || !self->connected) {
+        PyErr_SetString(st->NotConnectedError, "unsubscribe needs a connection");
+        return NULL;
+    }
+    v5 = self->mqtt_version >= MQTTVERSION_5;
+    seq = PySequence_Fast(filters, "unsubscribe needs a sequence of topic filters");
+    if (seq == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    topics = PyMem_RawCalloc((size_t)(n ? n : 1), sizeof(char *));
+    if (topics == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (i = 0; i < n; i++)
+        if ((topics[i] = raw_utf8(PySequence_Fast_GET_ITEM(seq, i), "topic filter")) == NULL)
+            goto done;
+    if (v5 && sb_props_from_pairs(props, &mprops) < 0)
+        goto done;
+
+    /* UNSUBACK comes back through paho's receive thread: wait without the GIL */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mu);
+    self->blocking++;
+    pthread_cond_broadcast(&self->space_cv);
+    pthread_mutex_unlock(&self->mu);
+    resp = MQTTClient_unsubscribeMany5(self->handle, (int)n, topics, v5 ? &mprops : NULL);
+    pthread_mutex_lock(&self->mu);
+    self->blocking--;
+    pthread_mutex_unlock(&self->mu);
+    Py_END_ALLOW_THREADS
+
+    if (resp.reasonCode < 0) {
+        sb_raise_rc(st, "unsubscribe", resp.reasonCode);
+        goto done;
+    }
+    result = PyList_New(n);
+    if (result == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        int code = (v5 && n > 1 && resp.reasonCodes) ? (int)resp.reasonCodes[i] : (int)resp.reasonCode;
+        PyList_SET_ITEM(result, i, PyLong_FromLong(code));
+    }
+done:
+    MQTTResponse_free(resp);
+    MQTTProperties_free(&mprops);
+    free_str_array(topics, n);
+    Py_XDECREF(seq);
+    return result;
+}
+
+/* ---- disconnect / close ------------------------------------------------ */
+
+static PyObject *
+conn_disconnect(sb_client *self, PyObject *args)
+{
+    sb_state *st = state_of(self);
+    double timeout = 0, deadline;
+    int reason = 0, was_connected;
+    PyObject *props = Py_None;
+    MQTTProperties mprops = MQTTProperties_initializer;
+
+    if (st == NULL)
+        return NULL;
+    if (!PyArg_ParseTuple(args, "|diO:disconnect", &timeout, &reason, &props))
+        return NULL;
+    if (self->owner_pid != getpid() || self->handle == NULL)
+        Py_RETURN_FALSE;
+    if (self->mqtt_version >= MQTTVERSION_5 && sb_props_from_pairs(props, &mprops) < 0)
+        return NULL;
+    deadline = sb_monotonic() + timeout;
+    /* wait for in-flight QoS>0 flows (signalled, not polled), then send
+     * DISCONNECT; both wait on the network: no GIL */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mu);
+    self->blocking++;
+    pthread_cond_broadcast(&self->space_cv);
+    while (self->inflight > 0 && self->connected && timeout > 0)
+        if (sb_timed_wait(&self->pub_cv, &self->mu, deadline) == ETIMEDOUT)
+            break;
+    was_connected = self->connected;
+    self->connected = 0;
+    pthread_mutex_unlock(&self->mu);
+    if (was_connected) {
+        if (self->mqtt_version >= MQTTVERSION_5)
+            MQTTClient_disconnect5(self->handle, 0, (enum MQTTReasonCodes)reason, &mprops);
+        else
+            MQTTClient_disconnect(self->handle, 0);
+    }
+    pthread_mutex_lock(&self->mu);
+    self->blocking--;
+    sb_mark_pending_lost_locked(self);
+    pthread_mutex_unlock(&self->mu);
+    Py_END_ALLOW_THREADS
+    MQTTProperties_free(&mprops);
+    return PyBool_FromLong(was_connected);
+}
+
+static PyObject *
+conn_close(sb_client *self, PyObject *unused)
+{
+    conn_close_impl(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+conn_forget(sb_client *self, PyObject *unused)
+{
+    /* in a forked child: paho's threads and locks belong to the parent, so the
+     * handle can be neither used nor destroyed; drop it (a deliberate leak) */
+    self->handle = NULL;
+    self->connected = 0;
+    self->closing = 1;
+    Py_RETURN_NONE;
+}
+
+/* ---- the consumer side: pump and post ---------------------------------- */
+
+static PyObject *
+conn_pump(sb_client *self, PyObject *args)
+{
+    sb_state *st = state_of(self);
+    PyObject *callback, *cbargs, *on_error, *events = NULL;
+    double timeout, deadline;
+    Py_ssize_t max_batch, nmsgs = 0, nargs;
+    sb_event *batch, *ev;
+    PyObject *stack[8];
+
+    if (st == NULL)
+        return NULL;
+    if (!PyArg_ParseTuple(args, "OO!Odn:pump", &callback, &PyTuple_Type, &cbargs, &on_error,
+                          &timeout, &max_batch))
+        return NULL;
+    nargs = PyTuple_GET_SIZE(cbargs);
+    if (nargs > 6) {
+        PyErr_SetString(PyExc_ValueError, "pump: at most 6 callback arguments");
+        return NULL;
+    }
+    deadline = timeout < 0 ? -1.0 : sb_monotonic() + timeout;
+
+    /* wait for paho's receive thread to queue something: no GIL while blocked */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mu);
+    while (self->head == NULL && !self->closing && timeout != 0) {
+        int r;
+        self->consumer_waiting++;
+        r = sb_timed_wait(&self->ev_cv, &self->mu, deadline);
+        self->consumer_waiting--;
+        if (r == ETIMEDOUT)
+            break;
+    }
+    batch = sb_queue_take_locked(self, max_batch, &nmsgs);
+    pthread_mutex_unlock(&self->mu);
+    Py_END_ALLOW_THREADS
+
+    events = PyList_New(0);
+    if (events == NULL)
+        goto fail;
+    pthread_mutex_lock(&self->mu);
+    self->dispatching++;
+    self->dispatch_tid = pthread_self();
+    pthread_mutex_unlock(&self->mu);
+    {
+        Py_ssize_t k;
+        for (k = 0; k < nargs; k++)
+            stack[k] = PyTuple_GET_ITEM(cbargs, k);
+    }
+    while (batch) {
+        PyObject *obj = NULL;
+        ev = batch;
+        batch = ev->next;
+        ev->next = NULL;
+        if (ev->kind == SB_EV_MESSAGE) {
+            nmsgs--;
+            obj = sb_message_from_event(st, ev);
+            sb_event_free(ev);
+            if (obj == NULL)
+                goto fail;
+            if (callback != Py_None) {
+                PyObject *r;
+                stack[nargs] = obj;
+                r = PyObject_Vectorcall(callback, stack, (size_t)nargs + 1, NULL);
+                Py_DECREF(obj);
+                if (r != NULL) {
+                    Py_DECREF(r);
+                    continue;
+                }
+                if (on_error == Py_None)
+                    goto fail;
+                else {
+                    /* report through the Python layer (logging), keep going */
+                    PyObject *et, *ev_, *tb, *r2;
+                    PyErr_Fetch(&et, &ev_, &tb);
+                    PyErr_NormalizeException(&et, &ev_, &tb);
+                    if (tb != NULL && ev_ != NULL)
+                        PyException_SetTraceback(ev_, tb);
+                    r2 = PyObject_CallOneArg(on_error, ev_ ? ev_ : Py_None);
+                    Py_XDECREF(et);
+                    Py_XDECREF(ev_);
+                    Py_XDECREF(tb);
+                    if (r2 == NULL)
+                        goto fail;
+                    Py_DECREF(r2);
+                    continue;
+                }
+            }
+        }
+        else if (ev->kind == SB_EV_PUBLISHED) {
+            obj = Py_BuildValue("(sii)", "published", ev->mid, ev->reason);
+            sb_event_free(ev);
+        }
+        else if (ev->kind == SB_EV_LOST) {
+            obj = Py_BuildValue("(s)", "lost");
+            sb_event_free(ev);
+        }
+        else {
+            obj = Py_NewRef(ev->obj);
+            sb_event_free(ev);
+        }
+        if (obj == NULL)
+            goto fail;
+        if (PyList_Append(events, obj) < 0) {
+            Py_DECREF(obj);
+            goto fail;
+        }
+        Py_DECREF(obj);
+    }
+    pthread_mutex_lock(&self->mu);
+    self->dispatching--;
+    pthread_mutex_unlock(&self->mu);
+    return events;
+
+fail:
+    if (events != NULL) {
+        pthread_mutex_lock(&self->mu);
+        self->dispatching--;
+        pthread_mutex_unlock(&self->mu);
+    }
+    /* nothing is lost: undelivered events go back to the front of the queue */
+    if (batch) {
+        pthread_mutex_lock(&self->mu);
+        sb_queue_requeue_front_locked(self, batch, nmsgs);
+        pthread_mutex_unlock(&self->mu);
+    }
+    Py_XDECREF(events);
+    return NULL;
+}
+
+static PyObject *
+conn_post(sb_client *self, PyObject *obj)
+{
+    sb_event *ev = PyMem_RawCalloc(1, sizeof *ev);
+    if (ev == NULL)
+        return PyErr_NoMemory();
+    ev->kind = SB_EV_USER;
+    ev->obj = Py_NewRef(obj);
+    pthread_mutex_lock(&self->mu);
+    sb_queue_push_locked(self, ev);
+    pthread_mutex_unlock(&self->mu);
+    Py_RETURN_NONE;
+}
+
+/* ---- small accessors --------------------------------------------------- */
+
+static PyObject *
+conn_fileno(sb_client *self, PyObject *unused)
+{
+    return PyLong_FromLong(self->efd);
+}
+
+static PyObject *
+conn_is_connected(sb_client *self, PyObject *unused)
+{
+    int c;
+    pthread_mutex_lock(&self->mu);
+    c = self->connected;
+    pthread_mutex_unlock(&self->mu);
+    return PyBool_FromLong(c);
+}
+
+static PyObject *
+conn_set_options(sb_client *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"want_published", "queue_max", NULL};
+    int want = -1;
+    Py_ssize_t qmax = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|in:set_options", kwlist, &want, &qmax))
+        return NULL;
+    pthread_mutex_lock(&self->mu);
+    if (want >= 0)
+        self->want_published = want;
+    if (qmax > 0) {
+        self->qmax = qmax;
+        pthread_cond_broadcast(&self->space_cv);
+    }
+    pthread_mutex_unlock(&self->mu);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+conn_stats(sb_client *self, PyObject *unused)
+{
+    unsigned long long in, dropped, waits;
+    Py_ssize_t qlen, qmax;
+    unsigned inflight, window;
+    int connected;
+    pthread_mutex_lock(&self->mu);
+    in = self->messages_in;
+    dropped = self->messages_dropped_on_close;
+    waits = self->producer_waits;
+    qlen = self->qlen;
+    qmax = self->qmax;
+    inflight = self->inflight;
+    window = self->window;
+    connected = self->connected;
+    pthread_mutex_unlock(&self->mu);
+    return Py_BuildValue("{s:K,s:K,s:K,s:n,s:n,s:I,s:I,s:O}", "messages_in", in,
+                         "dropped_on_close", dropped, "producer_waits", waits, "queued", qlen,
+                         "queue_max", qmax, "inflight", inflight, "window", window,
+                         "connected", connected ? Py_True : Py_False);
+}
+
+static PyMethodDef conn_methods[] = {
+    {"connect", (PyCFunction)(void (*)(void))conn_connect, METH_VARARGS | METH_KEYWORDS,
+     "connect($self, /, uris, mqtt_version=5, keepalive=60, clean=True, username=None, password=None,"
+     " will=None, will_props=None, props=None, tls=None, http_headers=None, timeout=30.0,"
+     " max_inflight=20)\n--\n\nConnect (blocking, GIL released); returns a dict about the session."},
+    {"publish", (PyCFunction)(void (*)(void))conn_publish, METH_FASTCALL,
+     "publish($self, topic, payload, qos, retain, props=None, /)\n--\n\n"
+     "Publish; returns (rc, mid, seq, token).  Waits for window room at QoS>0."},
+    {"wait_published", (PyCFunction)conn_wait_published, METH_VARARGS,
+     "wait_published($self, seq, token, timeout, /)\n--\n\nWait (timeout<0: forever); returns (state, reason)."},
+    {"subscribe", (PyCFunction)conn_subscribe, METH_VARARGS,
+     "subscribe($self, items, props=None, /)\n--\n\n"
+     "items: [(filter, qos, no_local, retain_as_published, retain_handling)]; returns reason codes."},
+    {"unsubscribe", (PyCFunction)conn_unsubscribe, METH_VARARGS,
+     "unsubscribe($self, filters, props=None, /)\n--\n\nReturns reason codes."},
+    {"disconnect", (PyCFunction)conn_disconnect, METH_VARARGS,
+     "disconnect($self, timeout=0.0, reason=0, props=None, /)\n--\n\n"
+     "Wait up to timeout for in-flight publishes, then disconnect.  Returns whether it was connected."},
+    {"close", (PyCFunction)conn_close, METH_NOARGS,
+     "close($self, /)\n--\n\nDisconnect, stop paho's use of this object and drop queued events."},
+    {"forget", (PyCFunction)conn_forget, METH_NOARGS,
+     "forget($self, /)\n--\n\nIn a forked child: abandon the parent's handle without touching it."},
+    {"pump", (PyCFunction)conn_pump, METH_VARARGS,
+     "pump($self, callback, args, on_error, timeout, max_batch, /)\n--\n\n"
+     "Wait up to timeout for events, then deliver a batch: messages go to callback(*args, msg) "
+     "(or into the result when callback is None); other events are returned as a list."},
+    {"post", (PyCFunction)conn_post, METH_O,
+     "post($self, obj, /)\n--\n\nQueue obj for the consumer (ordered with messages)."},
+    {"fileno", (PyCFunction)conn_fileno, METH_NOARGS,
+     "fileno($self, /)\n--\n\nAn eventfd that is readable while events are queued."},
+    {"is_connected", (PyCFunction)conn_is_connected, METH_NOARGS, "is_connected($self, /)\n--\n\n"},
+    {"set_options", (PyCFunction)(void (*)(void))conn_set_options, METH_VARARGS | METH_KEYWORDS,
+     "set_options($self, /, want_published=-1, queue_max=-1)\n--\n\n"},
+    {"stats", (PyCFunction)conn_stats, METH_NOARGS, "stats($self, /)\n--\n\nCounters, for tests and tuning."},
+    {NULL}
+};
+
+static PyMemberDef conn_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(sb_client, weakreflist), READONLY},
+    {NULL}
+};
+
+static PyType_Slot conn_slots[] = {
+    {Py_tp_doc, "Connection(client_id, queue_max=10000)\n--\n\n"
+                "One MQTT connection over paho.mqtt.c (internal; use sermas_bus.client.Client)."},
+    {Py_tp_new, conn_new},
+    {Py_tp_dealloc, conn_dealloc},
+    {Py_tp_traverse, conn_traverse},
+    {Py_tp_clear, conn_clear},
+    {Py_tp_methods, conn_methods},
+    {Py_tp_members, conn_members},
+    {0, NULL}
+};
+
+PyType_Spec sb_connection_spec = {
+    .name = "sermas_bus._core.Connection",
+    .basicsize = sizeof(sb_client),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = conn_slots,
+};

@@ -1,0 +1,237 @@
+/*
+ * module.c - sermas_bus._core: module state, exception hierarchy, types,
+ * and the runtime check of the paho.mqtt.c library.
+ *
+ * Multi-phase init; everything lives in module state (no static types or
+ * global module pointers: those are where shutdown-order crashes live).
+ */
+#include "sb.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define SB_MIN_PAHO_MAJOR 1
+#define SB_MIN_PAHO_MINOR 3
+#define SB_MIN_PAHO_PATCH 8     /* cleanstart, httpHeaders (connect options v8) */
+
+static struct PyModuleDef sb_module;
+
+sb_state *
+sb_get_state_by_type(PyTypeObject *tp)
+{
+    PyObject *mod = PyType_GetModuleByDef(tp, &sb_module);
+    if (mod == NULL)
+        return NULL;
+    return (sb_state *)PyModule_GetState(mod);
+}
+
+static sb_state *
+get_state(PyObject *mod)
+{
+    return (sb_state *)PyModule_GetState(mod);
+}
+
+/* The runtime library's version string, e.g. "1.3.12". */
+static const char *
+paho_runtime_version(void)
+{
+    MQTTClient_nameValue *info = MQTTClient_getVersionInfo();
+    for (; info && info->name; info++)
+        if (strcmp(info->name, "Version") == 0)
+            return info->value;
+    return NULL;
+}
+
+static PyObject *
+sb_set_properties_factory(PyObject *mod, PyObject *factory)
+{
+    sb_state *st = get_state(mod);
+    if (!PyCallable_Check(factory)) {
+        PyErr_SetString(PyExc_TypeError, "properties factory must be callable");
+        return NULL;
+    }
+    Py_XSETREF(st->properties_factory, Py_NewRef(factory));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+sb_reason_string(PyObject *mod, PyObject *arg)
+{
+    long v = PyLong_AsLong(arg);
+    if (v == -1 && PyErr_Occurred())
+        return NULL;
+    return PyUnicode_FromString(sb_reason_text((int)v));
+}
+
+static PyMethodDef sb_functions[] = {
+    {"_set_properties_factory", sb_set_properties_factory, METH_O,
+     "_set_properties_factory(factory, /)\n--\n\nfactory(packet_type, pairs) builds Properties objects."},
+    {"reason_string", sb_reason_string, METH_O,
+     "reason_string(code, /)\n--\n\nCONNACK / MQTT 5 reason code in words."},
+    {NULL}
+};
+
+/* Create an exception type, add it to the module and keep it in state.
+ * Every step is checked (the ADD_EXCEPTION habit of CPython's _sqlite). */
+static int
+add_exception(PyObject *mod, PyObject **slot, const char *name, PyObject *bases, const char *doc)
+{
+    char qualname[128];
+    snprintf(qualname, sizeof qualname, "sermas_bus.errors.%s", name);
+    *slot = PyErr_NewExceptionWithDoc(qualname, doc, bases, NULL);
+    Py_DECREF(bases);
+    if (*slot == NULL)
+        return -1;
+    return PyModule_AddObjectRef(mod, name, *slot);
+}
+
+#define ADD_EXC(field, name, bases, doc) \
+    do { \
+        PyObject *b_ = (bases); \
+        if (b_ == NULL || add_exception(mod, &st->field, name, b_, doc) < 0) \
+            return -1; \
+    } while (0)
+
+static int
+sb_exec(PyObject *mod)
+{
+    sb_state *st = get_state(mod);
+    const char *ver = paho_runtime_version();
+    int major = 0, minor = 0, patch = 0;
+
+    if (ver == NULL || sscanf(ver, "%d.%d.%d", &major, &minor, &patch) < 2) {
+        PyErr_SetString(PyExc_ImportError, "sermas_bus: cannot read the paho.mqtt.c version");
+        return -1;
+    }
+    if (major < SB_MIN_PAHO_MAJOR ||
+        (major == SB_MIN_PAHO_MAJOR && (minor < SB_MIN_PAHO_MINOR ||
+                                        (minor == SB_MIN_PAHO_MINOR && patch < SB_MIN_PAHO_PATCH)))) {
+        PyErr_Format(PyExc_ImportError,
+                     "sermas_bus needs paho.mqtt.c >= %d.%d.%d, found %s; upgrade libpaho-mqtt1.3",
+                     SB_MIN_PAHO_MAJOR, SB_MIN_PAHO_MINOR, SB_MIN_PAHO_PATCH, ver);
+        return -1;
+    }
+    if (PyModule_AddStringConstant(mod, "paho_version", ver) < 0)
+        return -1;
+    if (PyModule_AddStringConstant(mod, "paho_library", "paho-mqtt3cs") < 0)
+        return -1;
+
+    ADD_EXC(Error, "SermasBusError", PyTuple_Pack(1, PyExc_Exception),
+            "Base class of every sermas_bus error.");
+    ADD_EXC(ConnectError, "ConnectError", PyTuple_Pack(2, st->Error, PyExc_ConnectionError),
+            "The connection to the broker could not be established.");
+    ADD_EXC(NotAuthorizedError, "NotAuthorizedError", PyTuple_Pack(1, st->ConnectError),
+            "The broker refused the credentials (bad/expired token, not authorised).");
+    ADD_EXC(TLSError, "TLSError", PyTuple_Pack(1, st->ConnectError),
+            "The TLS handshake failed (certificate, host name, protocol).");
+    ADD_EXC(ProtocolVersionError, "ProtocolVersionError", PyTuple_Pack(1, st->ConnectError),
+            "The broker does not accept the requested MQTT protocol version.");
+    ADD_EXC(ConnectionLostError, "ConnectionLostError", PyTuple_Pack(2, st->Error, PyExc_ConnectionError),
+            "The connection was lost before the operation completed.");
+    ADD_EXC(NotConnectedError, "NotConnectedError", PyTuple_Pack(2, st->Error, PyExc_ConnectionError),
+            "The operation needs a connection and there is none.");
+    ADD_EXC(TimeoutError, "TimeoutError", PyTuple_Pack(2, st->Error, PyExc_TimeoutError),
+            "An operation did not complete in time.");
+    ADD_EXC(ProtocolError, "ProtocolError", PyTuple_Pack(2, st->Error, PyExc_ValueError),
+            "An option cannot be expressed in the MQTT version in use.");
+    ADD_EXC(PublishError, "PublishError", PyTuple_Pack(1, st->Error),
+            "The broker refused a publish (MQTT 5 reason code >= 0x80).");
+    ADD_EXC(SubscribeError, "SubscribeError", PyTuple_Pack(1, st->Error),
+            "A subscribe or unsubscribe was refused or failed.");
+    ADD_EXC(ForkError, "ForkError", PyTuple_Pack(2, st->Error, PyExc_RuntimeError),
+            "A client created before fork() was used in the child.");
+    ADD_EXC(ClosedError, "ClosedError", PyTuple_Pack(2, st->Error, PyExc_RuntimeError),
+            "The client was closed.");
+
+    st->MessageType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &sb_message_spec, NULL);
+    if (st->MessageType == NULL || PyModule_AddType(mod, st->MessageType) < 0)
+        return -1;
+    st->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &sb_connection_spec, NULL);
+    if (st->ConnectionType == NULL || PyModule_AddType(mod, st->ConnectionType) < 0)
+        return -1;
+    if (PyModule_AddIntConstant(mod, "PUB_PENDING", SB_PUB_PENDING) < 0 ||
+        PyModule_AddIntConstant(mod, "PUB_DONE", SB_PUB_DONE) < 0 ||
+        PyModule_AddIntConstant(mod, "PUB_FAILED", SB_PUB_FAILED) < 0 ||
+        PyModule_AddIntConstant(mod, "PUB_LOST", SB_PUB_LOST) < 0)
+        return -1;
+    return 0;
+}
+
+static int
+sb_traverse(PyObject *mod, visitproc visit, void *arg)
+{
+    sb_state *st = get_state(mod);
+    Py_VISIT(st->ConnectionType);
+    Py_VISIT(st->MessageType);
+    Py_VISIT(st->Error);
+    Py_VISIT(st->ConnectError);
+    Py_VISIT(st->NotAuthorizedError);
+    Py_VISIT(st->TLSError);
+    Py_VISIT(st->ProtocolVersionError);
+    Py_VISIT(st->ConnectionLostError);
+    Py_VISIT(st->NotConnectedError);
+    Py_VISIT(st->TimeoutError);
+    Py_VISIT(st->ProtocolError);
+    Py_VISIT(st->PublishError);
+    Py_VISIT(st->SubscribeError);
+    Py_VISIT(st->ForkError);
+    Py_VISIT(st->ClosedError);
+    Py_VISIT(st->properties_factory);
+    return 0;
+}
+
+static int
+sb_clear(PyObject *mod)
+{
+    sb_state *st = get_state(mod);
+    Py_CLEAR(st->ConnectionType);
+    Py_CLEAR(st->MessageType);
+    Py_CLEAR(st->Error);
+    Py_CLEAR(st->ConnectError);
+    Py_CLEAR(st->NotAuthorizedError);
+    Py_CLEAR(st->TLSError);
+    Py_CLEAR(st->ProtocolVersionError);
+    Py_CLEAR(st->ConnectionLostError);
+    Py_CLEAR(st->NotConnectedError);
+    Py_CLEAR(st->TimeoutError);
+    Py_CLEAR(st->ProtocolError);
+    Py_CLEAR(st->PublishError);
+    Py_CLEAR(st->SubscribeError);
+    Py_CLEAR(st->ForkError);
+    Py_CLEAR(st->ClosedError);
+    Py_CLEAR(st->properties_factory);
+    return 0;
+}
+
+static void
+sb_free(void *mod)
+{
+    sb_clear((PyObject *)mod);
+}
+
+static PyModuleDef_Slot sb_slots[] = {
+    {Py_mod_exec, sb_exec},
+#ifdef Py_mod_multiple_interpreters
+    /* paho's threads and process-wide state cannot be shared between interpreters */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL}
+};
+
+static struct PyModuleDef sb_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "sermas_bus._core",
+    .m_doc = "C core of sermas_bus: MQTT over paho.mqtt.c with a batched, GIL-free receive path.",
+    .m_size = sizeof(sb_state),
+    .m_methods = sb_functions,
+    .m_slots = sb_slots,
+    .m_traverse = sb_traverse,
+    .m_clear = sb_clear,
+    .m_free = sb_free,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&sb_module);
+}

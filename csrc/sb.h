@@ -1,0 +1,171 @@
+/*
+ * sb.h - shared declarations of the sermas_bus._core extension.
+ *
+ * Layout (one concern per file):
+ *   module.c      module init, module state, exception types, constants
+ *   client.c      the Connection type: Python-facing methods (do_* functions)
+ *   callbacks.c   everything that runs on paho.mqtt.c's own threads (never Python)
+ *   queue.c       the bounded inbound event queue shared by both sides
+ *   message.c     the MQTTMessage type handed to user callbacks
+ *   properties.c  MQTT 5 properties <-> Python (identifier, value) pairs
+ *   errors.c      paho return codes and CONNACK reasons -> exceptions
+ *
+ * Threading rules (see docs/threading.md):
+ *   - every MQTTClient_* call is made with the GIL released;
+ *   - paho's threads only ever take sb_client.mu, never the GIL;
+ *   - sb_client.mu is never held while calling into paho (paho calls our
+ *     callbacks while holding its own global mutex: holding ours while
+ *     calling paho would invert the lock order).
+ */
+#ifndef SB_H
+#define SB_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <MQTTClient.h>
+
+/* ---- module state ------------------------------------------------------ */
+
+typedef struct {
+    PyTypeObject *ConnectionType;
+    PyTypeObject *MessageType;
+    PyObject *Error;                 /* SermasBusError */
+    PyObject *ConnectError;          /* connection could not be established */
+    PyObject *NotAuthorizedError;    /* CONNACK: bad credentials / not authorised */
+    PyObject *TLSError;              /* TLS handshake or certificate failure */
+    PyObject *ProtocolVersionError;  /* broker refused the MQTT protocol version */
+    PyObject *ConnectionLostError;   /* operation cut short by a lost connection */
+    PyObject *NotConnectedError;     /* operation needs a connection */
+    PyObject *TimeoutError;          /* an operation did not finish in time */
+    PyObject *ProtocolError;         /* option not expressible in the protocol in use */
+    PyObject *PublishError;          /* broker refused a publish (MQTT 5 reason) */
+    PyObject *SubscribeError;        /* subscribe/unsubscribe failed */
+    PyObject *ForkError;             /* client used in a forked child */
+    PyObject *ClosedError;           /* client already closed */
+    PyObject *properties_factory;    /* callable(packet_type, pairs) set by Python */
+} sb_state;
+
+sb_state *sb_get_state_by_type(PyTypeObject *tp);
+
+/* ---- inbound events -------------------------------------------------- */
+
+enum sb_event_kind {
+    SB_EV_MESSAGE = 1,    /* a PUBLISH from the broker */
+    SB_EV_PUBLISHED,      /* an outgoing publish completed (for on_publish) */
+    SB_EV_LOST,           /* the connection was lost */
+    SB_EV_USER            /* an object posted by Python (wake-ups, local events) */
+};
+
+typedef struct sb_event {
+    struct sb_event *next;
+    int kind;
+    /* SB_EV_MESSAGE: paho owns nothing once we return 1; we own these */
+    MQTTClient_message *msg;
+    char *topic;
+    int topic_len;
+    double timestamp;        /* CLOCK_MONOTONIC seconds at arrival */
+    /* SB_EV_PUBLISHED: our mid and the broker's reason code */
+    int mid;
+    int reason;
+    /* SB_EV_USER: a strong reference, created and consumed with the GIL held */
+    PyObject *obj;
+} sb_event;
+
+/* ---- publish tracking --------------------------------------------------- */
+
+enum sb_slot_state { SB_PUB_FREE = 0, SB_PUB_PENDING, SB_PUB_DONE, SB_PUB_FAILED, SB_PUB_LOST };
+
+/* One slot per paho message id (1..65535).  A slot is reused only after paho
+ * has let go of its message id, so keeping one generation of history (prev_*)
+ * answers any waiter that is not 65535 publishes behind. */
+typedef struct {
+    uint64_t seq, prev_seq;
+    int mid;
+    unsigned char state, prev_state;
+    unsigned char reason, prev_reason;
+    unsigned char early;     /* completion seen before the publisher recorded it */
+    unsigned char early_reason;
+} sb_slot;
+
+#define SB_SLOTS 65536
+
+/* ---- the Connection object ---------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    MQTTClient handle;          /* NULL until the first connect; owned */
+    pid_t owner_pid;            /* the process that created the handle */
+    int mqtt_version;           /* version the handle was created for */
+    char *client_id;            /* PyMem_Raw copy, for re-creating the handle */
+    char *first_uri;
+
+    /* Everything below is shared with paho's threads and guarded by mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t ev_cv;       /* consumer waits for events */
+    pthread_cond_t space_cv;    /* paho's receive thread waits for queue room */
+    pthread_cond_t pub_cv;      /* publishers wait for window room / completion */
+    sb_event *head, *tail;
+    Py_ssize_t qlen;            /* SB_EV_MESSAGE events queued */
+    Py_ssize_t qmax;            /* bound on qlen (back-pressure beyond it) */
+    int blocking;               /* threads blocked on the broker: never make paho wait */
+    int closing;
+    int connected;
+    int consumer_waiting;
+    int dispatching;            /* >0 while pump() runs callbacks */
+    pthread_t dispatch_tid;     /* the thread running them */
+    int efd;                    /* eventfd: readable while the queue is non-empty */
+    int efd_armed;
+    unsigned inflight, window;
+    uint64_t pub_seq;
+    int next_mid;
+    int want_published;         /* queue SB_EV_PUBLISHED events (on_publish set) */
+    sb_slot *slots;
+    char tls_error[512];        /* last TLS error text from paho's ssl_error_cb */
+    uint64_t messages_in, messages_dropped_on_close;
+    uint64_t producer_waits;
+    PyObject *weakreflist;
+} sb_client;
+
+/* queue.c */
+int sb_queue_init(sb_client *c);
+void sb_queue_push_locked(sb_client *c, sb_event *ev);
+sb_event *sb_queue_take_locked(sb_client *c, Py_ssize_t max, Py_ssize_t *n_messages);
+void sb_queue_requeue_front_locked(sb_client *c, sb_event *first, Py_ssize_t n_messages);
+void sb_event_free(sb_event *ev);          /* needs the GIL for SB_EV_USER */
+void sb_queue_clear(sb_client *c);         /* needs the GIL */
+double sb_monotonic(void);
+int sb_timed_wait(pthread_cond_t *cv, pthread_mutex_t *mu, double deadline);
+
+/* callbacks.c: registered with paho; never touch Python */
+int sb_cb_message_arrived(void *ctx, char *topic, int topic_len, MQTTClient_message *m);
+void sb_cb_delivery_complete(void *ctx, MQTTClient_deliveryToken dt);
+void sb_cb_connection_lost(void *ctx, char *cause);
+void sb_cb_published(void *ctx, int dt, int packet_type, MQTTProperties *props,
+                     enum MQTTReasonCodes rc);
+int sb_cb_ssl_error(const char *str, size_t len, void *ctx);
+void sb_mark_pending_lost_locked(sb_client *c);
+
+/* message.c */
+extern PyType_Spec sb_message_spec;
+PyObject *sb_message_from_event(sb_state *st, sb_event *ev);
+
+/* properties.c */
+int sb_props_from_pairs(PyObject *pairs, MQTTProperties *out);
+PyObject *sb_props_to_pairs(const MQTTProperties *props);
+PyObject *sb_props_to_object(sb_state *st, int packet_type, const MQTTProperties *props);
+
+/* errors.c */
+PyObject *sb_raise_rc(sb_state *st, const char *what, int rc);
+PyObject *sb_raise_connect_failure(sb_state *st, const char *uris, int mqtt_version,
+                                   int rc, int reason, const char *tls_error);
+const char *sb_reason_text(int reason);
+
+/* client.c */
+extern PyType_Spec sb_connection_spec;
+
+#endif /* SB_H */
