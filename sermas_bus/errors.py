@@ -1,0 +1,41 @@
+"""The sermas_bus exception hierarchy (defined in the C core, re-exported here).
+
+    SermasBusError
+     +-- ConnectError (also ConnectionError)     the connection could not be made
+     |    +-- NotAuthorizedError                  bad/expired token, not authorised
+     |    +-- TLSError                            handshake / certificate failure
+     |    +-- ProtocolVersionError                broker refused the MQTT version
+     +-- ConnectionLostError (ConnectionError)   lost before an operation completed
+     +-- NotConnectedError (ConnectionError)     operation needs a connection
+     +-- TimeoutError (builtins.TimeoutError)    did not complete in time
+     +-- ProtocolError (ValueError)              option impossible in this MQTT version
+     +-- PublishError                            broker refused a publish (reason code)
+     +-- SubscribeError                          broker refused a subscription
+     +-- ForkError (RuntimeError)                client used in a forked child
+     +-- ClosedError (RuntimeError)              client already closed
+
+Bad arguments raise ValueError / TypeError naming the argument, as in paho-mqtt.
+Connect errors carry ``rc`` (paho.mqtt.c return code) and ``reason_code``
+(the CONNACK code, or None when the broker never answered).
+"""
+from ._core import (  # noqa: F401
+    ClosedError,
+    ConnectError,
+    ConnectionLostError,
+    ForkError,
+    NotAuthorizedError,
+    NotConnectedError,
+    ProtocolError,
+    ProtocolVersionError,
+    PublishError,
+    SermasBusError,
+    SubscribeError,
+    TimeoutError,
+    TLSError,
+)
+
+__all__ = [
+    "SermasBusError", "ConnectError", "NotAuthorizedError", "TLSError", "ProtocolVersionError",
+    "ConnectionLostError", "NotConnectedError", "TimeoutError", "ProtocolError", "PublishError",
+    "SubscribeError", "ForkError", "ClosedError",
+]
