@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install the Debian packages sermas_bus needs to build and test, only if missing.
+# Used by `make test` / `make demo` on a fresh Debian machine (root or sudo).
+set -euo pipefail
+
+pkgs=(gcc libpaho-mqtt-dev libcjson-dev mosquitto mosquitto-dev openssl)
+py=${PYTHON:-python3}
+# Debian's own python3 needs its headers and venv; a pyenv/conda Python has them
+if [ "$(command -v "$py")" = /usr/bin/python3 ] || ! command -v "$py" >/dev/null; then
+  pkgs+=(python3 python3-dev python3-venv)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "installing missing Debian packages: ${missing[*]}" >&2
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
