@@ -489,6 +489,8 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
             destroy_handle_nogil(self);
     }
     if (create_rc == MQTTCLIENT_SUCCESS) {
+        int nbits = 0;
+        unsigned char *before = sb_socket_fds_snapshot(&nbits);
         if (version >= MQTTVERSION_5) {
             resp = MQTTClient_connect5(self->handle, &opts, &cprops, &wprops);
             rc = (int)resp.reasonCode < 0 ? (int)resp.reasonCode : ((int)resp.reasonCode >= 0x80 ? (int)resp.reasonCode : 0);
@@ -508,6 +510,7 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
             returned_version = opts.returned.MQTTVersion;
             if (opts.returned.serverURI)
                 snprintf(returned_uri, sizeof returned_uri, "%s", opts.returned.serverURI);
+            sb_nodelay_new_sockets(before, nbits, returned_uri);
             /* which of our QoS>0 publishes does paho still hold (resumed session)? */
             if (MQTTClient_getPendingDeliveryTokens(self->handle, &tokens) == MQTTCLIENT_SUCCESS && tokens)
                 while (tokens[ntok] != -1)
@@ -527,6 +530,7 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
             if (tokens)
                 MQTTClient_free(tokens);
         }
+        PyMem_RawFree(before);
     }
     Py_END_ALLOW_THREADS
 

@@ -9,6 +9,7 @@
  *   message.c     the MQTTMessage type handed to user callbacks
  *   properties.c  MQTT 5 properties <-> Python (identifier, value) pairs
  *   errors.c      paho return codes and CONNACK reasons -> exceptions
+ *   sockopt.c     TCP_NODELAY on paho's socket (paho has no option for it)
  *
  * Threading rules (see docs/threading.md):
  *   - every MQTTClient_* call is made with the GIL released;
@@ -164,6 +165,10 @@ PyObject *sb_raise_rc(sb_state *st, const char *what, int rc);
 PyObject *sb_raise_connect_failure(sb_state *st, const char *uris, int mqtt_version,
                                    int rc, int reason, const char *tls_error);
 const char *sb_reason_text(int reason);
+
+/* sockopt.c: TCP_NODELAY on paho's broker socket (no GIL needed) */
+unsigned char *sb_socket_fds_snapshot(int *nbits);
+int sb_nodelay_new_sockets(const unsigned char *before, int nbits, const char *server_uri);
 
 /* client.c */
 extern PyType_Spec sb_connection_spec;
