@@ -1,0 +1,60 @@
+"""Source lint for the C core's threading rules (in the spirit of msgspec's test_cpylint).
+
+1. Every MQTTClient_* call that can block or take paho's global mutex sits
+   inside a Py_BEGIN_ALLOW_THREADS ... Py_END_ALLOW_THREADS region.
+2. Code that runs on paho's threads (callbacks.c) never touches Python.
+3. No PyGILState_Ensure without a matching Release (we use none at all).
+"""
+import pathlib
+import re
+
+import pytest
+
+CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+# calls that never take paho's mutex nor block: safe with the GIL held
+NON_BLOCKING = {"MQTTClient_free", "MQTTClient_freeMessage", "MQTTClient_strerror",
+                "MQTTClient_getVersionInfo", "MQTTClient_message", "MQTTClient_nameValue",
+                "MQTTClient_deliveryToken", "MQTTClient_connectOptions", "MQTTClient_SSLOptions",
+                "MQTTClient_willOptions", "MQTTClient_createOptions"}
+
+
+def _strip_comments(text: str) -> str:
+    text = re.sub(r"/\*.*?\*/", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S)
+    return re.sub(r"//[^\n]*", "", text)
+
+
+@pytest.mark.parametrize("path", sorted(CSRC.glob("*.c")), ids=lambda p: p.name)
+def test_paho_calls_release_the_gil(path):
+    """A blocking paho call needs the GIL released: inside an ALLOW_THREADS
+    block, or in a function named *_nogil whose every call site is."""
+    depth = 0
+    in_nogil_body = False
+    problems = []
+    for lineno, line in enumerate(_strip_comments(path.read_text()).splitlines(), 1):
+        if re.match(r"^\w+_nogil\s*\(", line):          # definition (return type on the line above)
+            in_nogil_body = True
+        elif line.startswith("}"):
+            in_nogil_body = False
+        if "Py_BEGIN_ALLOW_THREADS" in line:
+            depth += 1
+        if "Py_END_ALLOW_THREADS" in line:
+            depth -= 1
+        calls = [n for n in re.findall(r"\b(MQTTClient_\w+)\s*\(", line) if n not in NON_BLOCKING]
+        calls += [n for n in re.findall(r"\b(\w+_nogil)\s*\(", line) if not re.match(r"^\w+_nogil", line)]
+        for name in calls:
+            if depth <= 0 and not in_nogil_body:
+                problems.append(f"{path.name}:{lineno}: {name}() called with the GIL held")
+    assert depth == 0, f"{path.name}: unbalanced ALLOW_THREADS blocks"
+    assert not problems, "\n".join(problems)
+
+
+def test_paho_thread_code_never_touches_python():
+    text = _strip_comments((CSRC / "callbacks.c").read_text())
+    forbidden = re.findall(r"\b(Py(?!Mem_Raw)\w+|_Py\w+)\s*\(", text)
+    assert not forbidden, f"callbacks.c calls Python APIs on paho's threads: {sorted(set(forbidden))}"
+
+
+def test_gilstate_pairs_balanced():
+    for path in CSRC.glob("*.c"):
+        text = _strip_comments(path.read_text())
+        assert text.count("PyGILState_Ensure") == text.count("PyGILState_Release"), path.name
