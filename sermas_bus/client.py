@@ -263,6 +263,7 @@ class Client:
         self._delay = self._reconnect_min
         self._taps: List["_queue.SimpleQueue[Any]"] = []
         self._closed = False
+        self._reauth_lock = threading.Lock()
         _live_clients.add(self)
 
     # ---- callbacks (properties, as in paho) -------------------------------
@@ -713,6 +714,23 @@ class Client:
         else:
             self._on_disconnected(False, True)
         return MQTT_ERR_SUCCESS if was else MQTT_ERR_NO_CONN
+
+    def reauthenticate(self, username: Optional[str], password: Union[str, bytes, None] = None,
+                       timeout: float = 5.0) -> Dict[str, Any]:
+        """Reconnect with new credentials, keeping the session.
+
+        For token-based brokers (SERMAS: the JWT is the username): waits up to
+        ``timeout`` for in-flight publishes, disconnects, and connects again
+        without a clean start, so the broker keeps subscriptions and queues
+        QoS>0 messages meanwhile (MQTT 5 needs a SessionExpiryInterval > 0 in
+        the connect properties; 3.1.1 needs clean_session=False)."""
+        if self._uris is None:
+            raise ValueError("reauthenticate() before connect(): call connect() first")
+        self.username_pw_set(username, password)
+        with self._reauth_lock:
+            self._conn.disconnect(timeout, 0, None)
+            self._user_disconnect = False
+            return self._connect_now()
 
     def _pump_lock_owned(self) -> bool:
         return getattr(self._pump_lock, "_is_owned", lambda: False)()
