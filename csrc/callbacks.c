@@ -84,7 +84,15 @@ complete_locked(sb_client *c, int dt, int state, int reason)
         if (c->inflight > 0)
             c->inflight--;
     }
-    pthread_cond_broadcast(&c->pub_cv);
+    if (c->pub_waiters)
+        pthread_cond_broadcast(&c->pub_cv);
+    /* Wake a publisher waiting for window room only once a quarter of the
+     * window is free: one wake-up per batch of PUBACKs, not one per PUBACK. */
+    if (c->window_waiters) {
+        unsigned quarter = c->window / 4 ? c->window / 4 : 1;
+        if (c->inflight + quarter <= c->window)
+            pthread_cond_broadcast(&c->win_cv);
+    }
 }
 
 void
@@ -133,6 +141,7 @@ sb_mark_pending_lost_locked(sb_client *c)
             c->slots[i].state = SB_PUB_LOST;
     c->inflight = 0;
     pthread_cond_broadcast(&c->pub_cv);
+    pthread_cond_broadcast(&c->win_cv);
 }
 
 /* Runs on a helper thread paho starts for it, while paho's receive thread

@@ -162,6 +162,7 @@ conn_close_impl(sb_client *self)
     pthread_cond_broadcast(&self->space_cv);   /* a blocked producer must let go */
     pthread_cond_broadcast(&self->ev_cv);
     pthread_cond_broadcast(&self->pub_cv);
+    pthread_cond_broadcast(&self->win_cv);
     pthread_mutex_unlock(&self->mu);
 
     if (h != NULL && self->owner_pid == getpid()) {
@@ -211,6 +212,7 @@ conn_dealloc(sb_client *self)
         pthread_cond_destroy(&self->ev_cv);
         pthread_cond_destroy(&self->space_cv);
         pthread_cond_destroy(&self->pub_cv);
+        pthread_cond_destroy(&self->win_cv);
         PyMem_RawFree(self->slots);
     }
     if (self->efd >= 0)
@@ -526,6 +528,7 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
                     self->slots[tokens[i]].state = SB_PUB_PENDING;
             self->inflight = (unsigned)ntok;
             pthread_cond_broadcast(&self->pub_cv);
+            pthread_cond_broadcast(&self->win_cv);
             pthread_mutex_unlock(&self->mu);
             if (tokens)
                 MQTTClient_free(tokens);
@@ -610,7 +613,7 @@ static PyObject *
 conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
 {
     sb_state *st = state_of(self);
-    PyObject *topic, *payload, *props = Py_None, *tmp_payload = NULL, *result = NULL;
+    PyObject *topic, *payload, *props = Py_None, *tmp_payload = NULL, *result = NULL, *props_pairs = NULL;
     const char *t;
     Py_ssize_t tlen;
     Py_buffer buf = {0};
@@ -637,16 +640,23 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (nargs == 5)
         props = args[4];
+    if (props != Py_None && !PyList_Check(props)) {
+        /* a sermas_bus.properties.Properties: flatten it */
+        props_pairs = PyObject_CallMethod(props, "to_pairs", NULL);
+        if (props_pairs == NULL)
+            return NULL;
+        props = props_pairs;
+    }
     if (qos < 0 || qos > 2) {
         PyErr_Format(PyExc_ValueError, "invalid QoS %d: must be 0, 1 or 2", qos);
-        return NULL;
+        goto done;
     }
     if (PyUnicode_Check(topic)) {
         t = PyUnicode_AsUTF8AndSize(topic, &tlen);
         if (t == NULL) {
             PyErr_Clear();
             PyErr_SetString(PyExc_ValueError, "invalid topic: not encodable as UTF-8 (lone surrogates?)");
-            return NULL;
+            goto done;
         }
     }
     else if (PyBytes_Check(topic)) {
@@ -657,22 +667,27 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
         if (check == NULL) {
             PyErr_Clear();
             PyErr_SetString(PyExc_ValueError, "invalid topic: bytes are not valid UTF-8");
-            return NULL;
+            goto done;
         }
         Py_DECREF(check);
     }
     else {
         PyErr_Format(PyExc_TypeError, "topic must be str or bytes, not %.100s", Py_TYPE(topic)->tp_name);
-        return NULL;
+        goto done;
     }
     if (check_pub_topic(t, tlen) < 0)
-        return NULL;
+        goto done;
 
     /* payload: None, str (UTF-8), int/float (as text, like paho), or any buffer */
     if (payload == Py_None)
         tmp_payload = PyBytes_FromStringAndSize("", 0);
-    else if (PyUnicode_Check(payload))
-        tmp_payload = PyUnicode_AsUTF8String(payload);
+    else if (PyUnicode_Check(payload)) {
+        /* the UTF-8 form is cached in the str, which args keep alive: no copy */
+        const char *data = PyUnicode_AsUTF8AndSize(payload, &buf.len);
+        if (data == NULL)
+            goto done;
+        buf.buf = (void *)data;
+    }
     else if (PyLong_Check(payload) || PyFloat_Check(payload)) {
         PyObject *s = PyObject_Str(payload);
         if (s != NULL) {
@@ -687,6 +702,8 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         have_buf = 1;
     }
+    else if (PyUnicode_Check(payload))
+        ;   /* buf already points at the str's UTF-8 */
     else if (PyObject_CheckBuffer(payload)) {
         if (PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE) < 0) {
             PyErr_Clear();
@@ -740,8 +757,11 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
             blocked = 1;
             pthread_cond_broadcast(&self->space_cv);
         }
-        while (self->inflight >= self->window && self->connected && !self->closing)
-            pthread_cond_wait(&self->pub_cv, &self->mu);
+        while (self->inflight >= self->window && self->connected && !self->closing) {
+            self->window_waiters++;
+            pthread_cond_wait(&self->win_cv, &self->mu);
+            self->window_waiters--;
+        }
         if (!self->connected || self->closing)
             rc = MQTT_ERR_NO_CONN;
         else
@@ -815,7 +835,7 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
         sb_raise_rc(st, "publish", paho_rc);
         goto done;
     }
-    result = Py_BuildValue("(iiKi)", rc, mid, (unsigned long long)seq, token);
+    result = sb_info_new(st, rc, mid, (unsigned long long)seq, token, (PyObject *)self, topic);
 done:
     MQTTResponse_free(resp);
     MQTTProperties_free(&mprops);
@@ -823,6 +843,7 @@ done:
     if (have_buf)
         PyBuffer_Release(&buf);
     Py_XDECREF(tmp_payload);
+    Py_XDECREF(props_pairs);
     return result;
 }
 
@@ -859,7 +880,11 @@ conn_wait_published(sb_client *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->mu);
     while ((state = pub_state_locked(self, seq, token, &reason)) == SB_PUB_PENDING && !self->closing) {
-        if (sb_timed_wait(&self->pub_cv, &self->mu, deadline) == ETIMEDOUT) {
+        int r;
+        self->pub_waiters++;
+        r = sb_timed_wait(&self->pub_cv, &self->mu, deadline);
+        self->pub_waiters--;
+        if (r == ETIMEDOUT) {
             state = pub_state_locked(self, seq, token, &reason);
             break;
         }
@@ -1055,9 +1080,14 @@ conn_disconnect(sb_client *self, PyObject *args)
     pthread_mutex_lock(&self->mu);
     self->blocking++;
     pthread_cond_broadcast(&self->space_cv);
-    while (self->inflight > 0 && self->connected && timeout > 0)
-        if (sb_timed_wait(&self->pub_cv, &self->mu, deadline) == ETIMEDOUT)
+    while (self->inflight > 0 && self->connected && timeout > 0) {
+        int r;
+        self->pub_waiters++;
+        r = sb_timed_wait(&self->pub_cv, &self->mu, deadline);
+        self->pub_waiters--;
+        if (r == ETIMEDOUT)
             break;
+    }
     was_connected = self->connected;
     self->connected = 0;
     pthread_mutex_unlock(&self->mu);

@@ -54,6 +54,23 @@ sb_set_properties_factory(PyObject *mod, PyObject *factory)
     Py_RETURN_NONE;
 }
 
+/* MQTTMessageInfo (a PublishInfo subclass) and its rc values, from Python */
+static PyObject *
+sb_set_info_type(PyObject *mod, PyObject *args)
+{
+    sb_state *st = get_state(mod);
+    PyObject *tp, *lookup;
+    if (!PyArg_ParseTuple(args, "O!O!:_set_info_type", &PyType_Type, &tp, &PyDict_Type, &lookup))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)tp, st->InfoType)) {
+        PyErr_SetString(PyExc_TypeError, "info type must subclass PublishInfo");
+        return NULL;
+    }
+    Py_XSETREF(st->InfoSubtype, (PyTypeObject *)Py_NewRef(tp));
+    Py_XSETREF(st->rc_lookup, Py_NewRef(lookup));
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 sb_reason_string(PyObject *mod, PyObject *arg)
 {
@@ -66,6 +83,8 @@ sb_reason_string(PyObject *mod, PyObject *arg)
 static PyMethodDef sb_functions[] = {
     {"_set_properties_factory", sb_set_properties_factory, METH_O,
      "_set_properties_factory(factory, /)\n--\n\nfactory(packet_type, pairs) builds Properties objects."},
+    {"_set_info_type", sb_set_info_type, METH_VARARGS,
+     "_set_info_type(cls, rc_lookup, /)\n--\n\npublish() returns cls instances; rc maps through rc_lookup."},
     {"reason_string", sb_reason_string, METH_O,
      "reason_string(code, /)\n--\n\nCONNACK / MQTT 5 reason code in words."},
     {NULL}
@@ -146,6 +165,9 @@ sb_exec(PyObject *mod)
     st->MessageType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &sb_message_spec, NULL);
     if (st->MessageType == NULL || PyModule_AddType(mod, st->MessageType) < 0)
         return -1;
+    st->InfoType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &sb_info_spec, NULL);
+    if (st->InfoType == NULL || PyModule_AddType(mod, st->InfoType) < 0)
+        return -1;
     st->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &sb_connection_spec, NULL);
     if (st->ConnectionType == NULL || PyModule_AddType(mod, st->ConnectionType) < 0)
         return -1;
@@ -163,6 +185,9 @@ sb_traverse(PyObject *mod, visitproc visit, void *arg)
     sb_state *st = get_state(mod);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->MessageType);
+    Py_VISIT(st->InfoType);
+    Py_VISIT(st->InfoSubtype);
+    Py_VISIT(st->rc_lookup);
     Py_VISIT(st->Error);
     Py_VISIT(st->ConnectError);
     Py_VISIT(st->NotAuthorizedError);
@@ -186,6 +211,9 @@ sb_clear(PyObject *mod)
     sb_state *st = get_state(mod);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->MessageType);
+    Py_CLEAR(st->InfoType);
+    Py_CLEAR(st->InfoSubtype);
+    Py_CLEAR(st->rc_lookup);
     Py_CLEAR(st->Error);
     Py_CLEAR(st->ConnectError);
     Py_CLEAR(st->NotAuthorizedError);

@@ -7,6 +7,7 @@
  *   callbacks.c   everything that runs on paho.mqtt.c's own threads (never Python)
  *   queue.c       the bounded inbound event queue shared by both sides
  *   message.c     the MQTTMessage type handed to user callbacks
+ *   info.c        the PublishInfo type publish() returns
  *   properties.c  MQTT 5 properties <-> Python (identifier, value) pairs
  *   errors.c      paho return codes and CONNACK reasons -> exceptions
  *   sockopt.c     TCP_NODELAY on paho's socket (paho has no option for it)
@@ -35,6 +36,9 @@
 typedef struct {
     PyTypeObject *ConnectionType;
     PyTypeObject *MessageType;
+    PyTypeObject *InfoType;          /* PublishInfo */
+    PyTypeObject *InfoSubtype;       /* MQTTMessageInfo, registered by Python */
+    PyObject *rc_lookup;             /* {int: MQTTErrorCode member}, registered by Python */
     PyObject *Error;                 /* SermasBusError */
     PyObject *ConnectError;          /* connection could not be established */
     PyObject *NotAuthorizedError;    /* CONNACK: bad credentials / not authorised */
@@ -109,7 +113,10 @@ typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t ev_cv;       /* consumer waits for events */
     pthread_cond_t space_cv;    /* paho's receive thread waits for queue room */
-    pthread_cond_t pub_cv;      /* publishers wait for window room / completion */
+    pthread_cond_t pub_cv;      /* wait_published() waiters */
+    pthread_cond_t win_cv;      /* publishers waiting for window room */
+    int window_waiters;
+    int pub_waiters;
     sb_event *head, *tail;
     Py_ssize_t qlen;            /* SB_EV_MESSAGE events queued */
     Py_ssize_t qmax;            /* bound on qlen (back-pressure beyond it) */
@@ -154,6 +161,11 @@ void sb_mark_pending_lost_locked(sb_client *c);
 /* message.c */
 extern PyType_Spec sb_message_spec;
 PyObject *sb_message_from_event(sb_state *st, sb_event *ev);
+
+/* info.c */
+extern PyType_Spec sb_info_spec;
+PyObject *sb_info_new(sb_state *st, int rc, int mid, unsigned long long seq, int token,
+                      PyObject *conn, PyObject *topic);
 
 /* properties.c */
 int sb_props_from_pairs(PyObject *pairs, MQTTProperties *out);

@@ -85,22 +85,13 @@ class DisconnectFlags:
     is_disconnect_packet_from_server: bool
 
 
-class MQTTMessageInfo:
+class MQTTMessageInfo(_core.PublishInfo):
     """What ``publish`` returns: ``mid``, ``rc``, ``wait_for_publish()``.
 
-    Unpacks like paho's: ``rc, mid = client.publish(...)``.
+    Built in C on the publish path; unpacks like paho's: ``rc, mid = client.publish(...)``.
     """
 
-    __slots__ = ("mid", "rc", "_seq", "_token", "_conn", "_topic")
-
-    def __init__(self, mid: int, rc: int = MQTT_ERR_SUCCESS, seq: int = 0, token: int = 0,
-                 conn: Any = None, topic: str = ""):
-        self.mid = mid
-        self.rc = MQTTErrorCode(rc)
-        self._seq = seq
-        self._token = token
-        self._conn = conn
-        self._topic = topic
+    __slots__ = ()
 
     def __iter__(self) -> Iterator[int]:
         return iter((self.rc, self.mid))
@@ -142,9 +133,12 @@ class MQTTMessageInfo:
         raise TimeoutError(f"message mid={self.mid} not acknowledged within {timeout} s")
 
     def is_published(self) -> bool:
-        if self.rc != MQTT_ERR_SUCCESS:
+        if self.rc != MQTT_ERR_SUCCESS or self._conn is None:
             return False
         return self._conn.wait_published(self._seq, self._token, 0.0)[0] == _core.PUB_DONE
+
+
+_core._set_info_type(MQTTMessageInfo, {int(code): code for code in MQTTErrorCode})
 
 
 def _encode_password(password: Union[str, bytes, None]) -> Optional[bytes]:
@@ -587,9 +581,8 @@ class Client:
                 properties: Optional[Properties] = None) -> MQTTMessageInfo:
         """Publish; safe from any thread and from callbacks.  ``payload``:
         bytes-like, str (UTF-8), int/float (as text) or None."""
-        props = None if properties is None else _props_pairs(properties)
-        rc, mid, seq, token = self._conn.publish(topic, payload, qos, retain, props)
-        return MQTTMessageInfo(mid, rc, seq, token, self._conn, topic)
+        # one C call: validation, encoding, window, send, and the info object
+        return self._conn.publish(topic, payload, qos, retain, properties)
 
     send = publish   # the SERMAS documentation's example calls client.send(...)
 
