@@ -124,6 +124,7 @@ typedef struct {
     int closing;
     int connected;
     int consumer_waiting;
+    int spin_us;                /* consumer polls this long before sleeping */
     int dispatching;            /* >0 while pump() runs callbacks */
     pthread_t dispatch_tid;     /* the thread running them */
     int efd;                    /* eventfd: readable while the queue is non-empty */
