@@ -70,6 +70,20 @@ free_str_array(char **a, Py_ssize_t n)
     PyMem_RawFree(a);
 }
 
+/* getattr that returns 0 with *out = NULL when the attribute is missing */
+static int
+PyObject_GetOptionalAttrString_compat(PyObject *o, const char *name, PyObject **out)
+{
+    *out = PyObject_GetAttrString(o, name);
+    if (*out != NULL)
+        return 1;
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
 static int
 check_usable(sb_client *self, sb_state *st)
 {
@@ -644,7 +658,16 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
         props = args[4];
     if (props != Py_None && !PyList_Check(props)) {
         /* a sermas_bus.properties.Properties: flatten it */
-        props_pairs = PyObject_CallMethod(props, "to_pairs", NULL);
+        PyObject *to_pairs;
+        if (PyObject_GetOptionalAttrString_compat(props, "to_pairs", &to_pairs) < 0)
+            return NULL;
+        if (to_pairs == NULL) {
+            PyErr_Format(PyExc_TypeError, "properties must be sermas_bus.properties.Properties or None, not %.100s",
+                         Py_TYPE(props)->tp_name);
+            return NULL;
+        }
+        props_pairs = PyObject_CallNoArgs(to_pairs);
+        Py_DECREF(to_pairs);
         if (props_pairs == NULL)
             return NULL;
         props = props_pairs;

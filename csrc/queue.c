@@ -104,11 +104,16 @@ sb_queue_take_locked(sb_client *c, Py_ssize_t max, Py_ssize_t *n_messages)
     Py_ssize_t n = 0, msgs = 0;
 
     while (ev && (max <= 0 || n < max)) {
+        int ends_batch = ev->kind == SB_EV_USER;
         if (ev->kind == SB_EV_MESSAGE)
             msgs++;
         last = ev;
         ev = ev->next;
         n++;
+        /* a posted event (callback change, connect, ...) ends the batch, so
+         * messages queued after it are dispatched with what it changed */
+        if (ends_batch)
+            break;
     }
     if (last == NULL) {
         *n_messages = 0;

@@ -83,3 +83,9 @@ def broker_uris(host: Union[str, Sequence[str]], port: Optional[int], transport:
 
 def uses_tls(uris: Sequence[str]) -> bool:
     return any(u.startswith(("ssl://", "wss://")) for u in uris)
+
+
+def host_port(uri: str) -> "tuple[str, int]":
+    """(host, port) of a paho URI as produced by ``one_uri``."""
+    parts = urlsplit(uri)
+    return parts.hostname or "", parts.port or 0

@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import queue as _queue
+import socket
 import ssl
 import tempfile
 import threading
@@ -37,7 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from . import _core
 from ._callbacks import Callback
-from ._urls import broker_uris
+from ._urls import broker_uris, host_port, uses_tls
 from .enums import (  # noqa: F401  (re-exported, as paho.mqtt.client does)
     MQTT_ERR_AGAIN, MQTT_ERR_ACL_DENIED, MQTT_ERR_AUTH, MQTT_ERR_CONN_LOST, MQTT_ERR_CONN_REFUSED,
     MQTT_ERR_ERRNO, MQTT_ERR_INVAL, MQTT_ERR_KEEPALIVE, MQTT_ERR_NO_CONN, MQTT_ERR_NOMEM,
@@ -51,7 +52,7 @@ from .enums import (  # noqa: F401  (re-exported, as paho.mqtt.client does)
 )
 from .errors import (
     ConnectError, ConnectionLostError, NotConnectedError, ProtocolError, ProtocolVersionError,
-    PublishError, TimeoutError,
+    PublishError, TimeoutError, TLSError,
 )
 from .matcher import TopicMatcher, topic_matches_sub, validate_topic_filter  # noqa: F401
 from .packettypes import PacketTypes
@@ -273,6 +274,13 @@ class Client:
         self._callbacks[name] = None if func is None else Callback(name, func)
         if name == "on_publish":
             self._conn.set_options(want_published=func is not None)
+        if name == "on_message":
+            self._routing_changed()
+
+    def _routing_changed(self) -> None:
+        """Make the loop pick the new message target for the next message:
+        a posted event ends the batch being waited for."""
+        self._conn.post(("wake",))
 
     on_connect = property(lambda s: s._get_cb("on_connect"), lambda s, f: s._set_cb("on_connect", f))
     on_connect_fail = property(lambda s: s._get_cb("on_connect_fail"), lambda s, f: s._set_cb("on_connect_fail", f))
@@ -290,11 +298,13 @@ class Client:
         if sub not in self._handlers:
             self._handler_count += 1
         self._handlers[sub] = Callback("on_message", callback)
+        self._routing_changed()
 
     def message_callback_remove(self, sub: str) -> None:
         try:
             del self._handlers[sub]
             self._handler_count = max(0, self._handler_count - 1)
+            self._routing_changed()
         except KeyError:
             pass
 
@@ -528,6 +538,30 @@ class Client:
             return not self._connected_once
         return bool(self._clean_start)
 
+    def _tls_diagnosis(self) -> Optional[str]:
+        """After a failed TLS connect without a TLS error text (paho checks the
+        host name without reporting why): redo the handshake with Python's ssl
+        and the same trust settings to say what is wrong.  None if it works."""
+        tls = self._tls or {}
+        for uri in self._uris or []:
+            if not uri.startswith(("ssl://", "wss://")):
+                continue
+            host, port = host_port(uri)
+            ctx = ssl.create_default_context(cafile=tls.get("ca_certs"), capath=tls.get("ca_path"))
+            ctx.check_hostname = bool(tls.get("check_hostname", True))
+            ctx.verify_mode = ssl.CERT_REQUIRED if tls.get("verify", True) else ssl.CERT_NONE
+            try:
+                with socket.create_connection((host, port), timeout=3) as raw:
+                    with ctx.wrap_socket(raw, server_hostname=host):
+                        pass
+            except ssl.SSLCertVerificationError as exc:
+                return f"{uri}: certificate verification failed: {exc.verify_message or exc}"
+            except ssl.SSLError as exc:
+                return f"{uri}: {exc.reason or exc}"
+            except OSError:
+                continue
+        return None
+
     def _connect_once(self, version: int) -> Dict[str, Any]:
         self._mqtt_version = version
         v5 = version == MQTTv5
@@ -550,8 +584,19 @@ class Client:
         try:
             info = self._connect_once(self._protocol)
         except ProtocolVersionError:
-            if not (self._protocol_auto and self._protocol == MQTTv5):
+            pass_through = not (self._protocol_auto and self._protocol == MQTTv5)
+            if pass_through:
                 raise
+            info = None
+        except ConnectError as exc:
+            if type(exc) is ConnectError and uses_tls(self._uris or []):
+                why = self._tls_diagnosis()
+                if why is not None:
+                    raise TLSError(f"TLS handshake failed: {why}; check the CA (tls_set(ca_certs=...) or the "
+                                   "system store, SSL_CERT_FILE), the host name in the broker's certificate, "
+                                   "or use tls_insecure_set(True) for tests") from None
+            raise
+        if info is None:
             logger.warning("broker %s refused MQTT 5; falling back to MQTT 3.1.1 (noLocal, "
                            "retainAsPublished, retainHandling and properties become unavailable)",
                            ", ".join(self._uris or []))
@@ -969,6 +1014,7 @@ class Client:
         if self._thread is not None and self._thread.is_alive():
             tap: "_queue.SimpleQueue[Any]" = _queue.SimpleQueue()
             self._taps.append(tap)
+            self._routing_changed()
             try:
                 while max_messages is None or count < max_messages:
                     try:
@@ -979,34 +1025,25 @@ class Client:
                     yield msg
             finally:
                 self._taps.remove(tap)
+                self._routing_changed()
             return
-        pending: List[Any] = []
+        # one message per pump: whatever this iterator does not yield stays
+        # queued for the loop or the next messages() call
         while max_messages is None or count < max_messages:
-            if not pending:
-                self._maybe_connect()
-                wait = 3600.0 if timeout is None else timeout
-                with self._pump_lock:
-                    events = self._conn.pump(None, (), None, wait, _BATCH)
-                if not events:
-                    if timeout is not None:
-                        return
-                    continue
-                for ev in events:
-                    if isinstance(ev, tuple):
-                        self._handle_event(ev)
-                    else:
-                        pending.append(ev)
-                if not pending:
-                    continue
-            msg = pending.pop(0)
-            for tap in self._taps:
-                tap.put(msg)
-            count += 1
-            yield msg
-        if pending:
-            # hand back what this iterator took but did not yield: nothing is lost
-            for msg in pending:
-                self._dispatch_message(msg)
+            self._maybe_connect()
+            wait = 3600.0 if timeout is None else timeout
+            with self._pump_lock:
+                events = self._conn.pump(None, (), None, wait, 1)
+            if not events:
+                if timeout is not None:
+                    return
+                continue
+            for ev in events:
+                if isinstance(ev, tuple):
+                    self._handle_event(ev)
+                else:
+                    count += 1
+                    yield ev
 
     def stats(self) -> Dict[str, Any]:
         """Counters of the C core (received, queued, in flight, back-pressure waits)."""
