@@ -318,33 +318,70 @@ put_escape(char *p, unsigned c)
     return p;
 }
 
+#if PY_LITTLE_ENDIAN
+/* The last r (1..7) bytes before `end` through one 8-byte load ending at
+ * `end` (so 8 bytes before `end` must be readable).  Writes 8 bytes, of
+ * which r count.  NULL when one of them needs an escape. */
 static inline char *
-put_ascii(char *p, const unsigned char *s, Py_ssize_t n)
+put_ascii_tail(char *p, const unsigned char *end, int r)
+{
+    uint64_t w;
+    memcpy(&w, end - 8, 8);
+    w >>= 8 * (8 - r);           /* the last r bytes, zeros above them */
+    if (ascii_word_special(w) & (HIGHS >> (8 * (8 - r))))
+        return NULL;
+    memcpy(p, &w, 8);
+    return p + r;
+}
+#endif
+
+/* ASCII text with json's escapes, 8 bytes at a time.  `read_before`: the
+ * 8 bytes before s + n are readable even when n < 8 (true for a compact
+ * str, whose characters follow its header in the same allocation).  The
+ * caller reserved 6n + 2 >= 8 bytes. */
+static inline char *
+put_ascii(char *p, const unsigned char *s, Py_ssize_t n, int read_before)
 {
     Py_ssize_t i = 0;
-    while (i < n) {
-        Py_ssize_t lim;
-        if (i + 8 <= n) {
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            if (!ascii_word_special(w)) {
-                memcpy(p, &w, 8);
-                p += 8;
-                i += 8;
-                continue;
-            }
-            lim = i + 8;
+#if PY_LITTLE_ENDIAN
+    if (n < 8) {
+        char *q;
+        if (n > 0 && read_before && (q = put_ascii_tail(p, s + n, (int)n)) != NULL)
+            return q;
+        goto bytewise;
+    }
+#endif
+    while (n - i >= 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (!ascii_word_special(w)) {
+            memcpy(p, &w, 8);
+            p += 8;
+            i += 8;
+            continue;
         }
-        else {
-            lim = n;
-        }
-        for (; i < lim; i++) {
+        for (Py_ssize_t lim = i + 8; i < lim; i++) {
             unsigned char c = s[i];
             if (ESCAPE[c])
                 p = put_escape(p, c);
             else
                 *p++ = (char)c;
         }
+    }
+#if PY_LITTLE_ENDIAN
+    if (i < n) {
+        char *q = put_ascii_tail(p, s + n, (int)(n - i));
+        if (q != NULL)
+            return q;
+    }
+bytewise:
+#endif
+    for (; i < n; i++) {
+        unsigned char c = s[i];
+        if (ESCAPE[c])
+            p = put_escape(p, c);
+        else
+            *p++ = (char)c;
     }
     return p;
 }
@@ -397,7 +434,7 @@ enc_str(sb_enc *e, PyObject *s)
     p = e->p;
     *p++ = '"';
     if (PyUnicode_IS_ASCII(s)) {
-        p = put_ascii(p, PyUnicode_1BYTE_DATA(s), n);
+        p = put_ascii(p, PyUnicode_1BYTE_DATA(s), n, PyUnicode_IS_COMPACT(s));
     }
     else {
         int kind = PyUnicode_KIND(s);
@@ -1470,6 +1507,37 @@ dec_string(sb_dec *d)
  * nothing borrowed from it lives across an allocation. */
 #define KEY_CACHE_MAXLEN 64
 
+/* A hash of a key's bytes, word by word.  Keys under 8 bytes are read with
+ * one load ending at the key's last byte when the buffer has room before
+ * it (the opening quote and more), else assembled byte by byte to the same
+ * value. */
+static inline uint64_t
+key_hash(const unsigned char *s, Py_ssize_t n, const unsigned char *start)
+{
+    const uint64_t K = 0x9E3779B97F4A7C15ULL;
+    uint64_t a = 0, h = (uint64_t)n * K;
+    if (n >= 8) {
+        Py_ssize_t i;
+        for (i = 0; i + 8 < n; i += 8) {
+            memcpy(&a, s + i, 8);
+            h = (h ^ a) * 0xff51afd7ed558ccdULL;
+        }
+        memcpy(&a, s + n - 8, 8);
+    }
+#if PY_LITTLE_ENDIAN
+    else if (n > 0 && s + n - 8 >= start) {
+        memcpy(&a, s + n - 8, 8);
+        a >>= 8 * (8 - n);
+    }
+#endif
+    else {
+        for (Py_ssize_t i = 0; i < n; i++)
+            a |= (uint64_t)s[i] << (8 * i);
+    }
+    h = (h ^ a) * K;
+    return h ^ (h >> 32);
+}
+
 static PyObject *
 dec_key(sb_dec *d)
 {
@@ -1478,13 +1546,12 @@ dec_key(sb_dec *d)
     int cls = scan_string(&p, d->end, &nonascii);
     Py_ssize_t n = p - s;
     if (cls == 1 && !nonascii && n <= KEY_CACHE_MAXLEN) {
-        uint64_t h = 0xcbf29ce484222325ULL;
-        for (Py_ssize_t i = 0; i < n; i++)
-            h = (h ^ s[i]) * 0x100000001b3ULL;
-        PyObject **slot = &d->js->keys[(h ^ (h >> 32)) & (SB_JSON_KEY_CACHE - 1)];
-        PyObject *k = *slot;
+        uint64_t h = key_hash(s, n, d->start);
+        sb_json_key *slot = &d->js->keys[h & (SB_JSON_KEY_CACHE - 1)];
+        PyObject *k = slot->str;
         d->p = p + 1;
-        if (k != NULL && PyUnicode_GET_LENGTH(k) == n && memcmp(PyUnicode_1BYTE_DATA(k), s, (size_t)n) == 0)
+        if (k != NULL && slot->hash == h && PyUnicode_GET_LENGTH(k) == n &&
+            memcmp(PyUnicode_1BYTE_DATA(k), s, (size_t)n) == 0)
             return Py_NewRef(k);
         k = ascii_str(s, n);
         if (k == NULL)
@@ -1493,7 +1560,10 @@ dec_key(sb_dec *d)
             Py_DECREF(k);
             return NULL;
         }
-        Py_XSETREF(*slot, Py_NewRef(k));
+        /* slot is re-read: nothing borrowed survives the allocation above */
+        slot = &d->js->keys[h & (SB_JSON_KEY_CACHE - 1)];
+        Py_XSETREF(slot->str, Py_NewRef(k));
+        slot->hash = h;
         return k;
     }
     return dec_string(d);
@@ -2052,5 +2122,5 @@ sb_json_clear(sb_state *st)
     Py_CLEAR(js->str_utcoffset);
     Py_CLEAR(js->str_isoformat);
     for (int i = 0; i < SB_JSON_KEY_CACHE; i++)
-        Py_CLEAR(js->keys[i]);
+        Py_CLEAR(js->keys[i].str);
 }

@@ -38,13 +38,18 @@
 
 /* json.c's part of the module state */
 typedef struct {
+    PyObject *str;                   /* an ASCII str key, hashed */
+    uint64_t hash;                   /* json.c's hash of its bytes (picks the slot) */
+} sb_json_key;
+
+typedef struct {
     PyObject *DecodeError;           /* JSONDecodeError(SermasBusError, ValueError) */
     PyObject *datetime_type, *date_type, *timedelta_type, *utc, *enum_type;
     PyObject *dc_field_marker;       /* dataclasses._FIELD, on the first dataclass */
     PyObject *dc_cache;              /* type -> (__dataclass_fields__, field names) */
     PyObject *str_value_, *str_dc_fields, *str_field_type, *str_name;
     PyObject *str_utcoffset, *str_isoformat;
-    PyObject *keys[SB_JSON_KEY_CACHE];   /* ASCII str keys; read/written with the GIL */
+    sb_json_key keys[SB_JSON_KEY_CACHE];  /* decoder's key cache; used with the GIL held */
 } sb_json_state;
 
 typedef struct {
