@@ -508,52 +508,57 @@ put_u64(char *p, unsigned long long v)
     return p;
 }
 
+/* Beyond 64 bits: int.__repr__, as json.dumps does (also for int
+ * subclasses, whose own __repr__ is ignored). */
+static int
+enc_bigint(sb_enc *e, PyObject *o)
+{
+    PyObject *r = PyLong_Type.tp_repr(o), *et = NULL, *ev = NULL, *tb = NULL;
+    const char *s;
+    Py_ssize_t n;
+    int rc = -1;
+    if (r == NULL) {
+        /* more digits than sys.get_int_max_str_digits() allows */
+        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_NormalizeException(&et, &ev, &tb);
+            rc = enc_fail(e, PyExc_ValueError, "int too large to write: %S", ev ? ev : Py_None);
+        }
+        goto done;
+    }
+    s = PyUnicode_AsUTF8AndSize(r, &n);
+    if (s != NULL)
+        rc = enc_raw(e, s, (size_t)n);
+done:
+    Py_XDECREF(r);
+    Py_XDECREF(et);
+    Py_XDECREF(ev);
+    Py_XDECREF(tb);
+    return rc;
+}
+
 static int
 enc_int(sb_enc *e, PyObject *o)
 {
     int overflow;
     long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    char *p;
     if (v == -1 && PyErr_Occurred())
         return -1;
-    if (!overflow) {
-        char *p;
-        if (enc_reserve(e, 24) < 0)
-            return -1;
-        p = e->p;
-        if (v < 0) {
-            *p++ = '-';
-            p = put_u64(p, 0ULL - (unsigned long long)v);
-        }
-        else {
-            p = put_u64(p, (unsigned long long)v);
-        }
-        e->p = p;
-        return 0;
-    }
-    /* Beyond 64 bits: int.__repr__, as json.dumps does (also for int
-     * subclasses, whose own __repr__ is ignored). */
-    PyObject *r = PyLong_Type.tp_repr(o);
-    Py_ssize_t n;
-    const char *s;
-    int rc;
-    if (r == NULL) {
-        /* e.g. more digits than sys.get_int_max_str_digits() */
-        if (PyErr_ExceptionMatches(PyExc_ValueError)) {
-            PyObject *et, *ev, *tb;
-            PyErr_Fetch(&et, &ev, &tb);
-            PyErr_NormalizeException(&et, &ev, &tb);
-            rc = enc_fail(e, PyExc_ValueError, "int too large to write: %S", ev ? ev : Py_None);
-            Py_XDECREF(et);
-            Py_XDECREF(ev);
-            Py_XDECREF(tb);
-            return rc;
-        }
+    if (overflow)
+        return enc_bigint(e, o);
+    if (enc_reserve(e, 24) < 0)
         return -1;
+    p = e->p;
+    if (v < 0) {
+        *p++ = '-';
+        p = put_u64(p, 0ULL - (unsigned long long)v);
     }
-    s = PyUnicode_AsUTF8AndSize(r, &n);
-    rc = s ? enc_raw(e, s, (size_t)n) : -1;
-    Py_DECREF(r);
-    return rc;
+    else {
+        p = put_u64(p, (unsigned long long)v);
+    }
+    e->p = p;
+    return 0;
 }
 
 static const double POW10[] = {
@@ -705,6 +710,31 @@ enc_key_value(sb_enc *e, PyObject *container, PyObject *k, PyObject *v, int firs
     return rc;
 }
 
+/* Members of a dict subclass (OrderedDict, ...) in the order of its items(),
+ * as json.dumps takes them. */
+static int
+enc_dict_items(sb_enc *e, PyObject *d)
+{
+    PyObject *items = PyMapping_Items(d);
+    Py_ssize_t i;
+    int rc = -1;
+    if (items == NULL)
+        return -1;
+    for (i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
+            enc_fail(e, PyExc_ValueError, "items() must return (key, value) pairs");
+            goto done;
+        }
+        if (enc_key_value(e, d, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), i == 0) < 0)
+            goto done;
+    }
+    rc = 0;
+done:
+    Py_DECREF(items);
+    return rc;
+}
+
 static int
 enc_dict(sb_enc *e, PyObject *d)
 {
@@ -722,25 +752,8 @@ enc_dict(sb_enc *e, PyObject *d)
             first = 0;
         }
     }
-    else {
-        /* dict subclasses (OrderedDict...): their items(), as json.dumps */
-        PyObject *items = PyMapping_Items(d);
-        Py_ssize_t i;
-        if (items == NULL)
-            return -1;
-        for (i = 0; i < PyList_GET_SIZE(items); i++) {
-            PyObject *kv = PyList_GET_ITEM(items, i);
-            if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
-                Py_DECREF(items);
-                return enc_fail(e, PyExc_ValueError, "items() must return (key, value) pairs");
-            }
-            if (enc_key_value(e, d, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), first) < 0) {
-                Py_DECREF(items);
-                return -1;
-            }
-            first = 0;
-        }
-        Py_DECREF(items);
+    else if (enc_dict_items(e, d) < 0) {
+        return -1;
     }
     if (enc_raw(e, "}", 1) < 0)
         return -1;
@@ -840,42 +853,10 @@ put_time(char *p, PyObject *o)
  *   naive                   isoformat(): 2024-05-01T12:00:00[.ffffff]
  *   other offsets           isoformat(): 2024-05-01T14:00:00+02:00 */
 static int
-enc_datetime(sb_enc *e, PyObject *o)
+put_datetime(sb_enc *e, PyObject *o, int utc)
 {
-    sb_json_state *js = e->js;
-    PyObject *tz = PyDateTime_DATE_GET_TZINFO(o);
-    int utc = 0, rc;
+    int us = PyDateTime_DATE_GET_MICROSECOND(o);
     char *p;
-    if (tz == js->utc) {
-        utc = 1;
-    }
-    else if (tz != Py_None) {
-        PyObject *off = PyObject_CallMethodOneArg(tz, js->str_utcoffset, o);
-        if (off == NULL)
-            return -1;
-        if (off == Py_None) {
-            /* an aware-looking datetime that is naive after all */
-        }
-        else if (PyObject_TypeCheck(off, (PyTypeObject *)js->timedelta_type) &&
-                 PyDateTime_DELTA_GET_DAYS(off) == 0 && PyDateTime_DELTA_GET_SECONDS(off) == 0 &&
-                 PyDateTime_DELTA_GET_MICROSECONDS(off) == 0) {
-            utc = 1;
-        }
-        else {
-            PyObject *iso = PyObject_CallMethodNoArgs(o, js->str_isoformat);
-            Py_DECREF(off);
-            if (iso == NULL)
-                return -1;
-            if (!PyUnicode_Check(iso)) {
-                Py_DECREF(iso);
-                return enc_fail(e, PyExc_TypeError, "isoformat() did not return a str");
-            }
-            rc = enc_str(e, iso);
-            Py_DECREF(iso);
-            return rc;
-        }
-        Py_DECREF(off);
-    }
     if (enc_reserve(e, 40) < 0)
         return -1;
     p = e->p;
@@ -883,7 +864,6 @@ enc_datetime(sb_enc *e, PyObject *o)
     p = put_date(p, o);
     *p++ = 'T';
     p = put_time(p, o);
-    int us = PyDateTime_DATE_GET_MICROSECOND(o);
     if (utc) {
         int ms = us / 1000;
         *p++ = '.';
@@ -900,6 +880,37 @@ enc_datetime(sb_enc *e, PyObject *o)
     *p++ = '"';
     e->p = p;
     return 0;
+}
+
+static int
+enc_datetime(sb_enc *e, PyObject *o)
+{
+    sb_json_state *js = e->js;
+    PyObject *tz = PyDateTime_DATE_GET_TZINFO(o), *off = NULL, *iso = NULL;
+    int utc = tz == js->utc, rc = -1;
+    if (!utc && tz != Py_None) {
+        off = PyObject_CallMethodOneArg(tz, js->str_utcoffset, o);
+        if (off == NULL)
+            goto done;
+        if (PyObject_TypeCheck(off, (PyTypeObject *)js->timedelta_type) &&
+            PyDateTime_DELTA_GET_DAYS(off) == 0 && PyDateTime_DELTA_GET_SECONDS(off) == 0 &&
+            PyDateTime_DELTA_GET_MICROSECONDS(off) == 0) {
+            utc = 1;
+        }
+        else if (off != Py_None) {      /* None: naive after all */
+            iso = PyObject_CallMethodNoArgs(o, js->str_isoformat);
+            if (iso == NULL)
+                goto done;
+            rc = PyUnicode_Check(iso) ? enc_str(e, iso)
+                                      : enc_fail(e, PyExc_TypeError, "isoformat() did not return a str");
+            goto done;
+        }
+    }
+    rc = put_datetime(e, o, utc);
+done:
+    Py_XDECREF(off);
+    Py_XDECREF(iso);
+    return rc;
 }
 
 static int
@@ -952,7 +963,7 @@ dc_field_names(sb_json_state *js, PyTypeObject *tp, PyObject *fields)
         ft = PyObject_GetAttr(f, js->str_field_type);
         if (ft == NULL) {
             Py_DECREF(f);
-            goto error;
+            goto done;
         }
         Py_DECREF(ft);   /* compared by identity only; the marker is alive */
         if (ft != js->dc_field_marker) {
@@ -962,32 +973,32 @@ dc_field_names(sb_json_state *js, PyTypeObject *tp, PyObject *fields)
         name = PyObject_GetAttr(f, js->str_name);
         Py_DECREF(f);
         if (name == NULL)
-            goto error;
+            goto done;
         if (!PyUnicode_Check(name)) {
             Py_DECREF(name);
             PyErr_SetString(PyExc_TypeError, "dataclass field name is not a str");
-            goto error;
+            goto done;
         }
         PyUnicode_InternInPlace(&name);
         if (PyList_Append(list, name) < 0) {
             Py_DECREF(name);
-            goto error;
+            goto done;
         }
         Py_DECREF(name);
     }
     names = PyList_AsTuple(list);
     if (names == NULL)
-        goto error;
+        goto done;
     if (PyDict_GET_SIZE(js->dc_cache) >= DC_CACHE_MAX)
         PyDict_Clear(js->dc_cache);
     entry = PyTuple_Pack(2, fields, names);
     if (entry == NULL || PyDict_SetItem(js->dc_cache, (PyObject *)tp, entry) < 0) {
         Py_XDECREF(entry);
         Py_CLEAR(names);
-        goto error;
+        goto done;
     }
     Py_DECREF(entry);
-error:
+done:
     Py_DECREF(list);
     return names;
 }
@@ -1031,19 +1042,16 @@ enc_enum(sb_enc *e, PyObject *o)
     /* _value_ is the member's value (what .value returns, without going
      * through enum's Python-level property) */
     PyObject *v = PyObject_GetAttr(o, e->js->str_value_);
-    int rc;
-    if (v == NULL)
-        return -1;
-    if (enter(e, o) < 0) {
-        Py_DECREF(v);
-        return -1;
-    }
+    int rc = -1;
+    if (v == NULL || enter(e, o) < 0)
+        goto done;
     rc = enc_obj(e, v);
     if (rc == 0)
         e->depth--;
     else
         trail_push(&e->trail, o, NULL);
-    Py_DECREF(v);
+done:
+    Py_XDECREF(v);
     return rc;
 }
 
@@ -1126,61 +1134,66 @@ enc_obj(sb_enc *e, PyObject *o)
     return enc_other(e, o);
 }
 
-/* Raise the encoder's error with its path.  The trail holds the steps
- * innermost first.  At the depth limit, a container met twice on the way
- * down means a cycle, reported where it closes. */
+/* An exception raised by Python code (a property, a tzinfo, ...) or a
+ * MemoryError keeps its type; the place is added as a note. */
 static void
-enc_raise(sb_enc *e)
+enc_note_place(sb_enc *e)
 {
-    PyObject *path = NULL, *msg = NULL;
+    PyObject *et, *ev, *tb, *path, *note = NULL, *r = NULL;
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_SystemError, "json encoder failed without an error");
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    path = trail_path(&e->trail, e->trail.n);
+    if (path != NULL)
+        note = PyUnicode_FromFormat("while encoding %U as JSON", path);
+    if (note != NULL && ev != NULL && PyObject_HasAttrString(ev, "add_note"))   /* 3.11+ */
+        r = PyObject_CallMethod(ev, "add_note", "O", note);
+    PyErr_Clear();     /* a failure to add the note must not replace the error */
+    Py_XDECREF(r);
+    Py_XDECREF(note);
+    Py_XDECREF(path);
+    PyErr_Restore(et, ev, tb);
+}
+
+/* After the depth limit: a container met twice on the way down (steps
+ * root-first are steps[n-1] ... steps[0]) is a cycle, reported where it
+ * closes.  Returns 1 when it raised. */
+static int
+enc_raise_cycle(sb_enc *e)
+{
     sb_trail *t = &e->trail;
     Py_ssize_t n = t->n;
-
-    if (e->err_type == NULL) {
-        /* an exception raised by Python code (a property, tzinfo...) or
-         * MemoryError: keep it, and add the place as a note */
-        PyObject *et, *ev, *tb, *note, *r;
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_SystemError, "json encoder failed without an error");
-        PyErr_Fetch(&et, &ev, &tb);
-        PyErr_NormalizeException(&et, &ev, &tb);
-        path = trail_path(t, n);
-        note = path ? PyUnicode_FromFormat("while encoding %U as JSON", path) : NULL;
-        if (note != NULL && ev != NULL && PyObject_HasAttrString(ev, "add_note")) {
-            r = PyObject_CallMethod(ev, "add_note", "O", note);
-            Py_XDECREF(r);
-        }
-        PyErr_Clear();
-        Py_XDECREF(note);
-        Py_XDECREF(path);
-        PyErr_Restore(et, ev, tb);
-        return;
-    }
-    if (e->too_deep) {
-        /* steps root-first are t->steps[n-1], ..., t->steps[0]; find the
-         * first container that already occurred above it */
-        for (Py_ssize_t j = n - 1; j >= 0; j--) {
-            for (Py_ssize_t i = n - 1; i > j; i--) {
-                if (t->steps[i].container != t->steps[j].container)
-                    continue;
+    for (Py_ssize_t j = n - 1; j >= 0; j--) {
+        for (Py_ssize_t i = n - 1; i > j; i--) {
+            if (t->steps[i].container == t->steps[j].container) {
                 PyObject *where = trail_path(t, n - 1 - j);
                 PyObject *first = trail_path(t, n - 1 - i);
-                const char *what = t->steps[j].kind;
-                if (where && first)
-                    PyErr_Format(PyExc_ValueError,
-                                 "%U: circular reference: this %s is %U, which contains it",
-                                 where, what, first);
+                if (where != NULL && first != NULL)
+                    PyErr_Format(PyExc_ValueError, "%U: circular reference: this %s is %U, which contains it",
+                                 where, t->steps[j].kind, first);
                 Py_XDECREF(where);
                 Py_XDECREF(first);
-                return;
+                return 1;
             }
         }
     }
-    path = trail_path(t, n);
-    if (path != NULL) {
-        msg = e->err_msg;
-        PyErr_Format(e->err_type, "%U: %U", path, msg);
-        Py_DECREF(path);
+    return 0;
+}
+
+/* Raise the encoder's error, with its path. */
+static void
+enc_raise(sb_enc *e)
+{
+    PyObject *path;
+    if (e->err_type == NULL) {
+        enc_note_place(e);
+    }
+    else if (!(e->too_deep && enc_raise_cycle(e))) {
+        path = trail_path(&e->trail, e->trail.n);
+        if (path != NULL)
+            PyErr_Format(e->err_type, "%U: %U", path, e->err_msg);
+        Py_XDECREF(path);
     }
 }
 
@@ -1868,13 +1881,49 @@ dec_value(sb_dec *d)
     return dec_fail(d, p, "expected a value");
 }
 
+/* Raise JSONDecodeError(msg) with its pos and path attributes. */
+static void
+set_decode_error(sb_json_state *js, PyObject *msg, Py_ssize_t at, PyObject *path)
+{
+    PyObject *exc = PyObject_CallOneArg(js->DecodeError, msg);
+    PyObject *pos = PyLong_FromSsize_t(at);
+    if (exc != NULL && pos != NULL &&
+        PyObject_SetAttrString(exc, "pos", pos) == 0 &&
+        PyObject_SetAttrString(exc, "path", path) == 0)
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_XDECREF(exc);
+    Py_XDECREF(pos);
+}
+
+/* A str argument with a lone surrogate has no UTF-8 form to parse: turn
+ * the pending UnicodeEncodeError into a JSONDecodeError at its index. */
+static void
+raise_str_not_utf8(sb_json_state *js)
+{
+    PyObject *et, *ev, *tb, *msg = NULL, *path = NULL;
+    Py_ssize_t start = 0;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (ev == NULL || PyUnicodeEncodeError_GetStart(ev, &start) < 0)
+        PyErr_Clear();
+    path = PyUnicode_FromString("payload");
+    msg = PyUnicode_FromFormat("payload: str with a lone surrogate is not valid Unicode text (at index %zd)",
+                               start);
+    if (msg != NULL && path != NULL)
+        set_decode_error(js, msg, start, path);
+    Py_XDECREF(et);
+    Py_XDECREF(ev);
+    Py_XDECREF(tb);
+    Py_XDECREF(msg);
+    Py_XDECREF(path);
+}
+
 /* Raise JSONDecodeError("<path>: <what> (at <unit> <pos>)") with .pos and
  * .path; pos counts characters for str input, bytes otherwise. */
 static void
 dec_raise(sb_dec *d, int is_str)
 {
-    sb_json_state *js = d->js;
-    PyObject *path = NULL, *what = NULL, *msg = NULL, *exc = NULL, *pos = NULL;
+    PyObject *path = NULL, *what = NULL, *msg = NULL;
     Py_ssize_t at = d->err_at - d->start;
     const char *unit = "byte";
 
@@ -1902,21 +1951,12 @@ dec_raise(sb_dec *d, int is_str)
     else {
         msg = PyUnicode_FromFormat("%U: %U (at %s %zd)", path, what, unit, at);
     }
-    if (msg == NULL)
-        goto done;
-    exc = PyObject_CallOneArg(js->DecodeError, msg);
-    pos = PyLong_FromSsize_t(at);
-    if (exc == NULL || pos == NULL ||
-        PyObject_SetAttrString(exc, "pos", pos) < 0 ||
-        PyObject_SetAttrString(exc, "path", path) < 0)
-        goto done;
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    if (msg != NULL)
+        set_decode_error(d->js, msg, at, path);
 done:
     Py_XDECREF(path);
     Py_XDECREF(what);
     Py_XDECREF(msg);
-    Py_XDECREF(exc);
-    Py_XDECREF(pos);
 }
 
 static PyObject *
@@ -1937,24 +1977,8 @@ sb_json_loads(PyObject *mod, PyObject *arg)
     else if (PyUnicode_Check(arg)) {
         buf = PyUnicode_AsUTF8AndSize(arg, &len);
         if (buf == NULL) {
-            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
-                PyObject *et, *ev, *tb;
-                Py_ssize_t start = 0;
-                PyErr_Fetch(&et, &ev, &tb);
-                PyErr_NormalizeException(&et, &ev, &tb);
-                if (ev == NULL || PyUnicodeEncodeError_GetStart(ev, &start) < 0)
-                    PyErr_Clear();
-                Py_XDECREF(et);
-                Py_XDECREF(ev);
-                Py_XDECREF(tb);
-                PyObject *exc = PyObject_CallFunction(
-                    js->DecodeError, "s", "payload: str with a lone surrogate is not valid Unicode text");
-                PyObject *pos = PyLong_FromSsize_t(start);
-                if (exc != NULL && pos != NULL && PyObject_SetAttrString(exc, "pos", pos) == 0)
-                    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-                Py_XDECREF(exc);
-                Py_XDECREF(pos);
-            }
+            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+                raise_str_not_utf8(js);
             return NULL;
         }
         is_str = 1;
