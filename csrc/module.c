@@ -176,6 +176,8 @@ sb_exec(PyObject *mod)
         PyModule_AddIntConstant(mod, "PUB_FAILED", SB_PUB_FAILED) < 0 ||
         PyModule_AddIntConstant(mod, "PUB_LOST", SB_PUB_LOST) < 0)
         return -1;
+    if (sb_json_exec(mod, st) < 0)
+        return -1;
     return 0;
 }
 
@@ -202,7 +204,7 @@ sb_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->ForkError);
     Py_VISIT(st->ClosedError);
     Py_VISIT(st->properties_factory);
-    return 0;
+    return sb_json_traverse(st, visit, arg);
 }
 
 static int
@@ -228,6 +230,7 @@ sb_clear(PyObject *mod)
     Py_CLEAR(st->ForkError);
     Py_CLEAR(st->ClosedError);
     Py_CLEAR(st->properties_factory);
+    sb_json_clear(st);
     return 0;
 }
 

@@ -11,6 +11,7 @@
  *   properties.c  MQTT 5 properties <-> Python (identifier, value) pairs
  *   errors.c      paho return codes and CONNACK reasons -> exceptions
  *   sockopt.c     TCP_NODELAY on paho's socket (paho has no option for it)
+ *   json.c        JSON encoder/decoder for event payloads (GIL held throughout)
  *
  * Threading rules (see docs/threading.md):
  *   - every MQTTClient_* call is made with the GIL released;
@@ -33,6 +34,25 @@
 
 /* ---- module state ------------------------------------------------------ */
 
+#define SB_JSON_MAX_DEPTH 1000   /* nested containers, both directions */
+#define SB_JSON_KEY_CACHE 512    /* decoder's object-key cache slots (power of 2) */
+
+/* json.c's part of the module state */
+typedef struct {
+    PyObject *str;                   /* an ASCII str key, hashed */
+    uint64_t hash;                   /* json.c's hash of its bytes (picks the slot) */
+} sb_json_key;
+
+typedef struct {
+    PyObject *DecodeError;           /* JSONDecodeError(SermasBusError, ValueError) */
+    PyObject *datetime_type, *date_type, *timedelta_type, *utc, *enum_type;
+    PyObject *dc_field_marker;       /* dataclasses._FIELD, on the first dataclass */
+    PyObject *dc_cache;              /* type -> (__dataclass_fields__, field names) */
+    PyObject *str_value_, *str_dc_fields, *str_field_type, *str_name;
+    PyObject *str_utcoffset, *str_isoformat;
+    sb_json_key keys[SB_JSON_KEY_CACHE];  /* decoder's key cache; used with the GIL held */
+} sb_json_state;
+
 typedef struct {
     PyTypeObject *ConnectionType;
     PyTypeObject *MessageType;
@@ -53,6 +73,7 @@ typedef struct {
     PyObject *ForkError;             /* client used in a forked child */
     PyObject *ClosedError;           /* client already closed */
     PyObject *properties_factory;    /* callable(packet_type, pairs) set by Python */
+    sb_json_state json;
 } sb_state;
 
 sb_state *sb_get_state_by_type(PyTypeObject *tp);
@@ -185,5 +206,10 @@ int sb_nodelay_new_sockets(const unsigned char *before, int nbits, const char *s
 
 /* client.c */
 extern PyType_Spec sb_connection_spec;
+
+/* json.c: adds json_dumps/json_loads and JSONDecodeError to the module */
+int sb_json_exec(PyObject *mod, sb_state *st);
+int sb_json_traverse(sb_state *st, visitproc visit, void *arg);
+void sb_json_clear(sb_state *st);
 
 #endif /* SB_H */

@@ -13,6 +13,7 @@
      +-- SubscribeError                          broker refused a subscription
      +-- ForkError (RuntimeError)                client used in a forked child
      +-- ClosedError (RuntimeError)              client already closed
+     +-- JSONDecodeError (ValueError)            payload is not UTF-8 JSON (sermas_bus.json)
 
 Bad arguments raise ValueError / TypeError naming the argument, as in paho-mqtt.
 Connect errors carry ``rc`` (paho.mqtt.c return code) and ``reason_code``
@@ -23,6 +24,7 @@ from ._core import (  # noqa: F401
     ConnectError,
     ConnectionLostError,
     ForkError,
+    JSONDecodeError,
     NotAuthorizedError,
     NotConnectedError,
     ProtocolError,
@@ -37,5 +39,5 @@ from ._core import (  # noqa: F401
 __all__ = [
     "SermasBusError", "ConnectError", "NotAuthorizedError", "TLSError", "ProtocolVersionError",
     "ConnectionLostError", "NotConnectedError", "TimeoutError", "ProtocolError", "PublishError",
-    "SubscribeError", "ForkError", "ClosedError",
+    "SubscribeError", "ForkError", "ClosedError", "JSONDecodeError",
 ]
