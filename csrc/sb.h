@@ -10,6 +10,7 @@
  *   properties.c  MQTT 5 properties <-> Python (identifier, value) pairs
  *   errors.c      paho return codes and CONNACK reasons -> exceptions
  *   sockopt.c     TCP_NODELAY on paho's socket (paho has no option for it)
+ *   segmap.c      hash map from one topic level to a trie node (pure C)
  *
  * Threading rules (see docs/threading.md):
  *   - every MQTTClient_* call is made with the GIL released;
@@ -172,5 +173,30 @@ int sb_nodelay_new_sockets(const unsigned char *before, int nbits, const char *s
 
 /* client.c */
 extern PyType_Spec sb_connection_spec;
+
+/* ---- topic tries (no paho, GIL held by every caller) --------------------- */
+
+/* segmap.c: one trie node's children, keyed by a topic level's bytes.
+ * A slot is free when val == NULL; values are never NULL. */
+typedef struct {
+    uint64_t hash;
+    char *key;              /* owned copy (PyMem_Raw) */
+    size_t len;
+    void *val;
+} sb_segslot;
+
+typedef struct {
+    sb_segslot *slots;      /* NULL while empty */
+    size_t mask;            /* capacity - 1 */
+    size_t count;
+} sb_segmap;
+
+uint64_t sb_seghash(const char *k, size_t len);
+void *sb_segmap_get(const sb_segmap *m, const char *k, size_t len);
+int sb_segmap_reserve(sb_segmap *m, size_t extra);
+int sb_segmap_put(sb_segmap *m, const char *k, size_t len, void *val);
+void *sb_segmap_del(sb_segmap *m, const char *k, size_t len);
+int sb_segmap_next(const sb_segmap *m, size_t *pos, const char **k, size_t *len, void **val);
+void sb_segmap_free(sb_segmap *m);
 
 #endif /* SB_H */
