@@ -149,6 +149,8 @@ sb_exec(PyObject *mod)
     st->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &sb_connection_spec, NULL);
     if (st->ConnectionType == NULL || PyModule_AddType(mod, st->ConnectionType) < 0)
         return -1;
+    if (sb_topics_init(mod, st) < 0)
+        return -1;
     if (PyModule_AddIntConstant(mod, "PUB_PENDING", SB_PUB_PENDING) < 0 ||
         PyModule_AddIntConstant(mod, "PUB_DONE", SB_PUB_DONE) < 0 ||
         PyModule_AddIntConstant(mod, "PUB_FAILED", SB_PUB_FAILED) < 0 ||
@@ -163,6 +165,7 @@ sb_traverse(PyObject *mod, visitproc visit, void *arg)
     sb_state *st = get_state(mod);
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->MessageType);
+    Py_VISIT(st->TopicTableType);
     Py_VISIT(st->Error);
     Py_VISIT(st->ConnectError);
     Py_VISIT(st->NotAuthorizedError);
@@ -186,6 +189,7 @@ sb_clear(PyObject *mod)
     sb_state *st = get_state(mod);
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->MessageType);
+    Py_CLEAR(st->TopicTableType);
     Py_CLEAR(st->Error);
     Py_CLEAR(st->ConnectError);
     Py_CLEAR(st->NotAuthorizedError);

@@ -11,6 +11,8 @@
  *   errors.c      paho return codes and CONNACK reasons -> exceptions
  *   sockopt.c     TCP_NODELAY on paho's socket (paho has no option for it)
  *   segmap.c      hash map from one topic level to a trie node (pure C)
+ *   topics.c      TopicTable: SERMAS topic templates, render and route;
+ *                 sb_topics_init registers it in module state
  *
  * Threading rules (see docs/threading.md):
  *   - every MQTTClient_* call is made with the GIL released;
@@ -36,6 +38,7 @@
 typedef struct {
     PyTypeObject *ConnectionType;
     PyTypeObject *MessageType;
+    PyTypeObject *TopicTableType;
     PyObject *Error;                 /* SermasBusError */
     PyObject *ConnectError;          /* connection could not be established */
     PyObject *NotAuthorizedError;    /* CONNACK: bad credentials / not authorised */
@@ -198,5 +201,13 @@ int sb_segmap_put(sb_segmap *m, const char *k, size_t len, void *val);
 void *sb_segmap_del(sb_segmap *m, const char *k, size_t len);
 int sb_segmap_next(const sb_segmap *m, size_t *pos, const char **k, size_t *len, void **val);
 void sb_segmap_free(sb_segmap *m);
+
+/* topics.c: create TopicTable, add it to the module and keep it in state
+ * (called from module exec). */
+int sb_topics_init(PyObject *mod, sb_state *st);
+
+/* A topic or filter argument (str or bytes) as UTF-8 bytes, borrowed from
+ * the object (valid while it lives).  -1 with TypeError otherwise. */
+int sb_topic_bytes(PyObject *o, const char *what, const char **s, Py_ssize_t *len);
 
 #endif /* SB_H */
