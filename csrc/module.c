@@ -166,6 +166,7 @@ sb_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->ConnectionType);
     Py_VISIT(st->MessageType);
     Py_VISIT(st->TopicTableType);
+    Py_VISIT(st->FilterTrieType);
     Py_VISIT(st->Error);
     Py_VISIT(st->ConnectError);
     Py_VISIT(st->NotAuthorizedError);
@@ -190,6 +191,7 @@ sb_clear(PyObject *mod)
     Py_CLEAR(st->ConnectionType);
     Py_CLEAR(st->MessageType);
     Py_CLEAR(st->TopicTableType);
+    Py_CLEAR(st->FilterTrieType);
     Py_CLEAR(st->Error);
     Py_CLEAR(st->ConnectError);
     Py_CLEAR(st->NotAuthorizedError);

@@ -12,7 +12,8 @@
  *   sockopt.c     TCP_NODELAY on paho's socket (paho has no option for it)
  *   segmap.c      hash map from one topic level to a trie node (pure C)
  *   topics.c      TopicTable: SERMAS topic templates, render and route;
- *                 sb_topics_init registers it in module state
+ *                 sb_topics_init registers it and FilterTrie in module state
+ *   filtertrie.c  FilterTrie: MQTT subscription filters -> Python values
  *
  * Threading rules (see docs/threading.md):
  *   - every MQTTClient_* call is made with the GIL released;
@@ -39,6 +40,7 @@ typedef struct {
     PyTypeObject *ConnectionType;
     PyTypeObject *MessageType;
     PyTypeObject *TopicTableType;
+    PyTypeObject *FilterTrieType;
     PyObject *Error;                 /* SermasBusError */
     PyObject *ConnectError;          /* connection could not be established */
     PyObject *NotAuthorizedError;    /* CONNACK: bad credentials / not authorised */
@@ -202,9 +204,12 @@ void *sb_segmap_del(sb_segmap *m, const char *k, size_t len);
 int sb_segmap_next(const sb_segmap *m, size_t *pos, const char **k, size_t *len, void **val);
 void sb_segmap_free(sb_segmap *m);
 
-/* topics.c: create TopicTable, add it to the module and keep it in state
- * (called from module exec). */
+/* topics.c: create TopicTable and FilterTrie, add them to the module and
+ * keep them in state (called from module exec). */
 int sb_topics_init(PyObject *mod, sb_state *st);
+
+/* filtertrie.c */
+extern PyType_Spec sb_filtertrie_spec;
 
 /* A topic or filter argument (str or bytes) as UTF-8 bytes, borrowed from
  * the object (valid while it lives).  -1 with TypeError otherwise. */

@@ -87,7 +87,7 @@ typedef struct {
     Py_ssize_t len;
 } tt_val;
 
-/* ---- helpers ---------------------------------- */
+/* ---- helpers shared with filtertrie.c ---------------------------------- */
 
 int
 sb_topic_bytes(PyObject *o, const char *what, const char **s, Py_ssize_t *len)
@@ -1085,6 +1085,9 @@ sb_topics_init(PyObject *mod, sb_state *st)
     int rc = -1;
     st->TopicTableType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &tt_spec, NULL);
     if (st->TopicTableType == NULL || PyModule_AddType(mod, st->TopicTableType) < 0)
+        goto done;
+    st->FilterTrieType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &sb_filtertrie_spec, NULL);
+    if (st->FilterTrieType == NULL || PyModule_AddType(mod, st->FilterTrieType) < 0)
         goto done;
     rc = 0;
 done:
