@@ -25,7 +25,9 @@
  */
 #include "sb.h"
 
+#include <stddef.h>
 #include <string.h>
+#include <structmember.h>
 
 #define FT_STACK 64        /* match stack entries / results handled without the heap */
 
@@ -55,6 +57,7 @@ typedef struct {
     ft_node *nodes;               /* list of every node */
     Py_ssize_t count;             /* (filter, value) entries */
     Py_ssize_t maxdepth;          /* most levels of any filter added (bounds the walk) */
+    PyObject *weakreflist;
 } sb_filtertrie;
 
 /* One step of a walk from the root: the parent and the level that led on. */
@@ -681,6 +684,8 @@ ft_dealloc(sb_filtertrie *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
     ft_clear(self);
     if (self->have_mu)
         pthread_mutex_destroy(&self->mu);
@@ -709,6 +714,11 @@ static PyMethodDef ft_methods[] = {
     {NULL}
 };
 
+static PyMemberDef ft_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(sb_filtertrie, weakreflist), READONLY},
+    {NULL}
+};
+
 static PyType_Slot ft_slots[] = {
     {Py_tp_doc, "FilterTrie()\n--\n\n"
                 "MQTT subscription filters ('+', '#', '$share/<group>/...') mapped to values;\n"
@@ -719,6 +729,7 @@ static PyType_Slot ft_slots[] = {
     {Py_tp_traverse, ft_traverse},
     {Py_tp_clear, ft_clear},
     {Py_tp_methods, ft_methods},
+    {Py_tp_members, ft_members},
     {Py_sq_length, ft_len},
     {0, NULL}
 };
