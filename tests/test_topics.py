@@ -917,3 +917,9 @@ def test_filter_trie_memory_is_returned():
         assert len(trie) == 0
 
     assert _growth(work) < 50_000
+
+
+def test_docstring_examples():
+    import doctest
+    result = doctest.testmod(topics, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 20 and result.failed == 0
