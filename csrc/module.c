@@ -171,6 +171,8 @@ sb_exec(PyObject *mod)
     st->ConnectionType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &sb_connection_spec, NULL);
     if (st->ConnectionType == NULL || PyModule_AddType(mod, st->ConnectionType) < 0)
         return -1;
+    if (sb_topics_init(mod, st) < 0)
+        return -1;
     if (PyModule_AddIntConstant(mod, "PUB_PENDING", SB_PUB_PENDING) < 0 ||
         PyModule_AddIntConstant(mod, "PUB_DONE", SB_PUB_DONE) < 0 ||
         PyModule_AddIntConstant(mod, "PUB_FAILED", SB_PUB_FAILED) < 0 ||
@@ -190,6 +192,8 @@ sb_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->InfoType);
     Py_VISIT(st->InfoSubtype);
     Py_VISIT(st->rc_lookup);
+    Py_VISIT(st->TopicTableType);
+    Py_VISIT(st->FilterTrieType);
     Py_VISIT(st->Error);
     Py_VISIT(st->ConnectError);
     Py_VISIT(st->NotAuthorizedError);
@@ -216,6 +220,8 @@ sb_clear(PyObject *mod)
     Py_CLEAR(st->InfoType);
     Py_CLEAR(st->InfoSubtype);
     Py_CLEAR(st->rc_lookup);
+    Py_CLEAR(st->TopicTableType);
+    Py_CLEAR(st->FilterTrieType);
     Py_CLEAR(st->Error);
     Py_CLEAR(st->ConnectError);
     Py_CLEAR(st->NotAuthorizedError);

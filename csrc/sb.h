@@ -12,6 +12,10 @@
  *   errors.c      paho return codes and CONNACK reasons -> exceptions
  *   sockopt.c     TCP_NODELAY on paho's socket (paho has no option for it)
  *   json.c        JSON encoder/decoder for event payloads (GIL held throughout)
+ *   segmap.c      hash map from one topic level to a trie node (pure C)
+ *   topics.c      TopicTable: SERMAS topic templates, render and route;
+ *                 sb_topics_init registers it and FilterTrie in module state
+ *   filtertrie.c  FilterTrie: MQTT subscription filters -> Python values
  *
  * Threading rules (see docs/threading.md):
  *   - every MQTTClient_* call is made with the GIL released;
@@ -59,6 +63,8 @@ typedef struct {
     PyTypeObject *InfoType;          /* PublishInfo */
     PyTypeObject *InfoSubtype;       /* MQTTMessageInfo, registered by Python */
     PyObject *rc_lookup;             /* {int: MQTTErrorCode member}, registered by Python */
+    PyTypeObject *TopicTableType;
+    PyTypeObject *FilterTrieType;
     PyObject *Error;                 /* SermasBusError */
     PyObject *ConnectError;          /* connection could not be established */
     PyObject *NotAuthorizedError;    /* CONNACK: bad credentials / not authorised */
@@ -211,5 +217,40 @@ extern PyType_Spec sb_connection_spec;
 int sb_json_exec(PyObject *mod, sb_state *st);
 int sb_json_traverse(sb_state *st, visitproc visit, void *arg);
 void sb_json_clear(sb_state *st);
+/* ---- topic tries (no paho, GIL held by every caller) --------------------- */
+
+/* segmap.c: one trie node's children, keyed by a topic level's bytes.
+ * A slot is free when val == NULL; values are never NULL. */
+typedef struct {
+    uint64_t hash;
+    char *key;              /* owned copy (PyMem_Raw) */
+    size_t len;
+    void *val;
+} sb_segslot;
+
+typedef struct {
+    sb_segslot *slots;      /* NULL while empty */
+    size_t mask;            /* capacity - 1 */
+    size_t count;
+} sb_segmap;
+
+uint64_t sb_seghash(const char *k, size_t len);
+void *sb_segmap_get(const sb_segmap *m, const char *k, size_t len);
+int sb_segmap_reserve(sb_segmap *m, size_t extra);
+int sb_segmap_put(sb_segmap *m, const char *k, size_t len, void *val);
+void *sb_segmap_del(sb_segmap *m, const char *k, size_t len);
+int sb_segmap_next(const sb_segmap *m, size_t *pos, const char **k, size_t *len, void **val);
+void sb_segmap_free(sb_segmap *m);
+
+/* topics.c: create TopicTable and FilterTrie, add them to the module and
+ * keep them in state (called from module exec). */
+int sb_topics_init(PyObject *mod, sb_state *st);
+
+/* filtertrie.c */
+extern PyType_Spec sb_filtertrie_spec;
+
+/* A topic or filter argument (str or bytes) as UTF-8 bytes, borrowed from
+ * the object (valid while it lives).  -1 with TypeError otherwise. */
+int sb_topic_bytes(PyObject *o, const char *what, const char **s, Py_ssize_t *len);
 
 #endif /* SB_H */

@@ -2,6 +2,7 @@
 
 - ``sermas_bus.client``: drop-in for ``paho.mqtt.client`` (swap the import).
 - ``sermas_bus.errors``: the exception hierarchy.
+- ``sermas_bus.topics``: SERMAS topic names <-> MQTT topics; a filter trie for dispatch.
 - ``sermas_bus.testing``: a local mosquitto for tests and notebooks.
 """
 from . import _core
