@@ -1,0 +1,349 @@
+"""SermasClient: the SERMAS-aware face of the bus.
+
+Knows the platform's topics by name (``"dialogue.messages"``), fills topic
+parameters from keyword arguments, the payload and the app id, encodes and
+decodes JSON in C, and keeps its JWT access token fresh, reconnecting with the
+new token without losing QoS 1 messages::
+
+    with SermasClient("http://localhost:8080", app_id="myapp",
+                      client_id="my-service", client_secret="...") as bus:
+        @bus.on("dialogue.messages", sessionId="s1")
+        def said(event, msg):
+            print(msg.params["sessionId"], event["text"])
+
+        bus.publish("dialogue.messages", {"sessionId": "s1", "actor": "agent", "text": "hi"})
+"""
+from __future__ import annotations
+
+import logging
+import queue as _queue
+import threading
+import time
+import uuid
+from typing import Any, Callable, Dict, Iterator, List, Optional
+from urllib.parse import urlsplit
+
+from . import client as mqtt
+from . import json as sbjson
+from . import topics as _topics
+from .auth import ClientCredentials, ProviderToken, StaticToken, Token, TokenSource, UserLogin
+from .errors import TimeoutError
+from ._core import FilterTrie
+from .packettypes import PacketTypes
+from .properties import Properties
+from .subscribeoptions import SubscribeOptions
+
+logger = logging.getLogger("sermas_bus")
+PASSWORD_PLACEHOLDER = "sermas"   # the broker ignores the password; it must not be empty
+
+
+def broker_url_for(base_url: str) -> str:
+    """The broker URL the platform serves for an API base URL:
+    ``ws[s]://<host>[:<port>]/mqtt`` (as the TypeScript client derives it)."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must be http(s)://host[:port], not {base_url!r}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = f":{parts.port}" if parts.port else ""
+    return f"{'wss' if parts.scheme == 'https' else 'ws'}://{host}{port}/mqtt"
+
+
+class Message:
+    """What a SermasClient callback gets besides the decoded event."""
+
+    __slots__ = ("topic", "name", "params", "qos", "retain", "properties", "raw", "is_json")
+
+    def __init__(self, msg: Any, name: Optional[str], params: Dict[str, str], is_json: bool):
+        self.topic = msg.topic
+        self.name = name
+        self.params = params
+        self.qos = msg.qos
+        self.retain = msg.retain
+        self.properties = msg.properties
+        self.raw = msg.payload
+        self.is_json = is_json
+
+    def __repr__(self) -> str:
+        return f"<sermas_bus.Message {self.name or self.topic} params={self.params} qos={self.qos}>"
+
+
+class Subscription:
+    """Handle returned by ``subscribe``; ``unsubscribe()`` removes the callback
+    (and the broker subscription once no callback needs it)."""
+
+    def __init__(self, bus: "SermasClient", filter_: str, route: str, callback: Callable[..., Any]):
+        self._bus, self.filter, self._route, self.callback = bus, filter_, route, callback
+        self.active = True
+
+    def unsubscribe(self) -> None:
+        if self.active:
+            self.active = False
+            self._bus._remove(self)
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.filter} active={self.active}>"
+
+
+class SermasClient:
+    """A SERMAS event-bus client (see the module docstring).
+
+    Credentials, in order of precedence: ``token_provider`` (callable returning
+    a token or token answer), ``token`` (+ ``refresh_token``), ``username`` +
+    ``password`` (user login), ``client_id`` + ``client_secret`` (app client).
+    With none, it connects anonymously (local development brokers)."""
+
+    def __init__(self, base_url: str = "http://localhost:8080", app_id: Optional[str] = None,
+                 client_id: Optional[str] = None, client_secret: Optional[str] = None, *,
+                 token: Optional[str] = None, refresh_token: Optional[str] = None,
+                 username: Optional[str] = None, password: Optional[str] = None,
+                 token_provider: Optional[Callable[[], Any]] = None, mqtt_url: Any = None,
+                 mqtt_client_id: Optional[str] = None, tls_context: Any = None,
+                 refresh_margin: float = 30.0, session_expiry: int = 3600, start_loop: bool = True,
+                 connect_timeout: float = 10.0, max_inflight: int = 100):
+        if not app_id:
+            raise ValueError("app_id is required: every SERMAS topic starts with app/<appId>/")
+        self.base_url = base_url.rstrip("/")
+        self.app_id = app_id
+        self.mqtt_url = mqtt_url or broker_url_for(self.base_url)
+        self.refresh_margin = float(refresh_margin)
+        self.connect_timeout = float(connect_timeout)
+        self._start_loop = start_loop
+        self._source = self._token_source(client_id, client_secret, token, refresh_token, username,
+                                          password, token_provider)
+        self._token: Optional[Token] = None
+        self._defaults = {"appId": app_id}
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                   client_id=mqtt_client_id or f"sermas-{app_id}-{uuid.uuid4().hex[:12]}")
+        self._client._clean_session = False          # if the broker forces MQTT 3.1.1
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.connect_timeout_set(connect_timeout)
+        if tls_context is not None:
+            self._client.tls_set_context(tls_context)
+        self._session_props = Properties(PacketTypes.CONNECT)
+        self._session_props.SessionExpiryInterval = int(session_expiry)
+        self._client.on_message = self._dispatch
+        self._routes = FilterTrie()                 # route filter -> Subscription (multimap, C)
+        self._broker_filters: Dict[str, int] = {}   # broker filter -> callbacks needing it
+        self._lock = threading.RLock()
+        self._refresh_thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._reauth_done = threading.Condition()
+        self._refreshes = 0
+
+    def _token_source(self, client_id, client_secret, token, refresh_token, username, password,
+                      provider) -> Optional[TokenSource]:
+        if provider is not None:
+            return ProviderToken(provider)
+        if token is not None:
+            return StaticToken(token, refresh_token, self.base_url, self.app_id, client_id, client_secret)
+        if username is not None:
+            if password is None:
+                raise ValueError("username needs a password")
+            return UserLogin(self.base_url, self.app_id, username, password)
+        if client_id is not None:
+            if client_secret is None:
+                raise ValueError("client_id needs a client_secret")
+            return ClientCredentials(self.base_url, self.app_id, client_id, client_secret)
+        return None
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    def connect(self) -> "SermasClient":
+        """Fetch a token (if credentials were given), connect, start the loop
+        thread (unless start_loop=False) and the token refresher."""
+        if self._source is not None:
+            self._token = self._source.fetch()
+            self._client.username_pw_set(self._token.access_token, PASSWORD_PLACEHOLDER)
+        self._client.connect(self.mqtt_url, properties=self._session_props)
+        if self._start_loop:
+            self._client.loop_start()
+        if self._token is not None and self._token.expires_at is not None:
+            self._refresh_thread = threading.Thread(target=self._refresh_loop, daemon=True,
+                                                    name=f"sermas_bus-token-{self.app_id}")
+            self._refresh_thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._client.close()
+        t = self._refresh_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=5)
+
+    def __enter__(self) -> "SermasClient":
+        return self.connect()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def client(self) -> mqtt.Client:
+        """The underlying paho-compatible client."""
+        return self._client
+
+    @property
+    def token(self) -> Optional[Token]:
+        return self._token
+
+    @property
+    def refreshes(self) -> int:
+        """How many times the token was refreshed (and the broker reconnected)."""
+        return self._refreshes
+
+    def is_connected(self) -> bool:
+        return self._client.is_connected()
+
+    # ---- tokens -----------------------------------------------------------------
+
+    def _refresh_loop(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            left = self._token.seconds_left() if self._token else None
+            if left is None:
+                return
+            if self._stop.wait(max(0.0, left - self.refresh_margin)):
+                return
+            try:
+                self.refresh_token()
+                delay = 1.0
+            except Exception as exc:   # keep trying: the broker cuts us off at exp otherwise
+                logger.warning("token refresh failed: %s; retrying in %.0f s", exc, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, 60.0)
+
+    def refresh_token(self) -> Token:
+        """Refresh now and reconnect with the new token as username, keeping
+        the session (no QoS 1 message is lost)."""
+        if self._source is None or self._token is None:
+            raise ValueError("no credentials to refresh: create the client with a token source")
+        new = self._source.refresh(self._token)
+        self._token = new
+        self._client.reauthenticate(new.access_token, PASSWORD_PLACEHOLDER, timeout=self.connect_timeout)
+        with self._reauth_done:
+            self._refreshes += 1
+            self._reauth_done.notify_all()
+        logger.info("SERMAS token refreshed; reconnected (%s)", new)
+        return new
+
+    # ---- topics -----------------------------------------------------------------
+
+    def topic(self, target: str, payload: Any = None, subscribe: bool = False, **params: Any) -> str:
+        """The concrete topic (or filter) for a name, template or topic."""
+        return _topics.render(target, params or None, payload if isinstance(payload, dict) else None,
+                              defaults=self._defaults, subscribe=subscribe)
+
+    # ---- publish ----------------------------------------------------------------
+
+    @staticmethod
+    def _encode(payload: Any) -> Any:
+        if payload is None or isinstance(payload, (bytes, bytearray, memoryview, str)):
+            return payload
+        return sbjson.dumps(payload)
+
+    def publish(self, target: str, payload: Any = None, qos: int = 1, retain: bool = False,
+                properties: Optional[Properties] = None, **params: Any) -> mqtt.MQTTMessageInfo:
+        """Publish an event.  ``target``: a topic name (``"dialogue.messages"``),
+        a template (``"app/:appId/ui/content"``) or a concrete topic.  Dicts and
+        other JSON-able objects are encoded as JSON (in C); bytes go out raw;
+        str as UTF-8.  Waits (up to connect_timeout) through a token-refresh
+        reconnect instead of failing."""
+        topic = self.topic(target, payload, **params)
+        data = self._encode(payload)
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            info = self._client.publish(topic, data, qos, retain, properties)
+            if info.rc != mqtt.MQTT_ERR_NO_CONN or time.monotonic() >= deadline:
+                return info
+            time.sleep(0.005)   # reconnecting (token refresh or network): try again shortly
+
+    # ---- subscribe --------------------------------------------------------------
+
+    def subscribe(self, target: str, callback: Callable[..., Any], qos: int = 1, no_local: bool = True,
+                  share: Optional[str] = None, **params: Any) -> Subscription:
+        """Call ``callback(event, message)`` for events on ``target`` (name,
+        template or MQTT filter); unfilled parameters match anything.
+        ``share="workers"`` makes it a shared subscription: the broker spreads
+        the events over every subscriber of the group."""
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        route = self.topic(target, None, subscribe=True, **params)
+        broker_filter = f"$share/{share}/{route}" if share else route
+        if share is not None and (not share or any(c in share for c in "/+#")):
+            raise ValueError(f"invalid share group {share!r}: must be non-empty without '/', '+', '#'")
+        sub = Subscription(self, broker_filter, route, callback)
+        with self._lock:
+            self._routes.add(route, sub)
+            needed = self._broker_filters.get(broker_filter, 0)
+            self._broker_filters[broker_filter] = needed + 1
+        if needed == 0:
+            opts = SubscribeOptions(qos=qos, noLocal=no_local and share is None)
+            self._client.subscribe(broker_filter, options=opts)
+        return sub
+
+    def on(self, target: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator form of ``subscribe``."""
+        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+            self.subscribe(target, func, **kwargs)
+            return func
+        return decorator
+
+    def _remove(self, sub: Subscription) -> None:
+        with self._lock:
+            self._routes.discard(sub._route, sub)
+            left = self._broker_filters.get(sub.filter, 1) - 1
+            if left > 0:
+                self._broker_filters[sub.filter] = left
+            else:
+                self._broker_filters.pop(sub.filter, None)
+        if left <= 0:
+            self._client.unsubscribe(sub.filter)
+
+    def _dispatch(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            event: Any = sbjson.loads(msg.payload)
+            is_json = True
+        except ValueError:
+            event, is_json = msg.payload, False   # raw bytes (audio chunks, non-JSON): never dropped
+        topic = msg.topic
+        match = _topics.match(topic)
+        name, params = (match if match is not None else (None, {}))
+        m = Message(msg, name, params, is_json)
+        for sub in self._routes.match(topic):
+            try:
+                sub.callback(event, m)
+            except Exception as exc:
+                logger.error("Caught exception in SERMAS callback for %s: %s", sub.filter, exc, exc_info=exc)
+
+    # ---- iterators for notebooks and tests ------------------------------------
+
+    def events(self, target: str, timeout: Optional[float] = None, max_events: Optional[int] = None,
+               **params: Any) -> Iterator[Any]:
+        """Yield ``(event, message)`` pairs on ``target``; stops after
+        ``timeout`` s without one (None: never) or ``max_events``."""
+        q: "_queue.SimpleQueue[Any]" = _queue.SimpleQueue()
+        sub = self.subscribe(target, lambda e, m: q.put((e, m)), **params)
+        count = 0
+        try:
+            while max_events is None or count < max_events:
+                try:
+                    item = q.get(timeout=timeout)
+                except _queue.Empty:
+                    return
+                count += 1
+                yield item
+        finally:
+            sub.unsubscribe()
+
+    def wait_for(self, target: str, predicate: Optional[Callable[[Any], bool]] = None,
+                 timeout: float = 10.0, **params: Any) -> Any:
+        """The first event on ``target`` for which ``predicate(event)`` is true
+        (any event without a predicate); raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        for event, _msg in self.events(target, timeout=timeout, **params):
+            if predicate is None or predicate(event):
+                return event
+            if time.monotonic() >= deadline:
+                break
+        raise TimeoutError(f"no matching event on {target!r} within {timeout} s")
+
