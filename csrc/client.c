@@ -129,6 +129,7 @@ conn_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     self->efd = -1;
     self->owner_pid = getpid();
     self->qmax = queue_max;
+    self->nodelay = 1;
     self->window = 20;
     self->next_mid = 0;
     self->client_id = raw_utf8(client_id, "client_id");
@@ -528,7 +529,8 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
             returned_version = opts.returned.MQTTVersion;
             if (opts.returned.serverURI)
                 snprintf(returned_uri, sizeof returned_uri, "%s", opts.returned.serverURI);
-            sb_nodelay_new_sockets(before, nbits, returned_uri);
+            if (self->nodelay)
+                sb_nodelay_new_sockets(before, nbits, returned_uri);
             /* which of our QoS>0 publishes does paho still hold (resumed session)? */
             if (MQTTClient_getPendingDeliveryTokens(self->handle, &tokens) == MQTTCLIENT_SUCCESS && tokens)
                 while (tokens[ntok] != -1)
@@ -638,7 +640,6 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t seq = 0;
     MQTTProperties mprops = MQTTProperties_initializer;
     MQTTResponse resp = MQTTResponse_initializer;
-    char *topic_copy = NULL;
 
     if (st == NULL || check_usable(self, st) < 0)
         return NULL;
@@ -757,12 +758,9 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
                         "MQTT 5 properties cannot be sent over MQTT 3.1.1; connect with protocol=MQTTv5");
         goto done;
     }
-    /* paho reads the topic while the GIL is released: use a private copy */
-    topic_copy = raw_strdup(t, tlen);
-    if (topic_copy == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    /* paho reads t while the GIL is released: safe without a copy, because t
+     * belongs to the topic object, which our caller's frame keeps alive for
+     * the whole call, and str/bytes are immutable (paho copies it anyway) */
 
     /* publishing needs paho's mutex and may wait for window room: no GIL */
     Py_BEGIN_ALLOW_THREADS
@@ -801,12 +799,12 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
 
     if (rc == MQTT_ERR_SUCCESS) {
         if (self->mqtt_version >= MQTTVERSION_5) {
-            resp = MQTTClient_publish5(self->handle, topic_copy, (int)buf.len, buf.buf, qos, retain,
+            resp = MQTTClient_publish5(self->handle, t, (int)buf.len, buf.buf, qos, retain,
                                        &mprops, &token);
             paho_rc = resp.reasonCode < 0 ? resp.reasonCode : 0;
         }
         else
-            paho_rc = MQTTClient_publish(self->handle, topic_copy, (int)buf.len, buf.buf, qos, retain, &token);
+            paho_rc = MQTTClient_publish(self->handle, t, (int)buf.len, buf.buf, qos, retain, &token);
     }
 
     pthread_mutex_lock(&self->mu);
@@ -864,7 +862,6 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
 done:
     MQTTResponse_free(resp);
     MQTTProperties_free(&mprops);
-    PyMem_RawFree(topic_copy);
     if (have_buf)
         PyBuffer_Release(&buf);
     Py_XDECREF(tmp_payload);
@@ -1327,11 +1324,13 @@ conn_is_connected(sb_client *self, PyObject *unused)
 static PyObject *
 conn_set_options(sb_client *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"want_published", "queue_max", "spin_us", NULL};
-    int want = -1, spin = -1;
+    static char *kwlist[] = {"want_published", "queue_max", "spin_us", "nodelay", NULL};
+    int want = -1, spin = -1, nodelay = -1;
     Py_ssize_t qmax = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|ini:set_options", kwlist, &want, &qmax, &spin))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|inii:set_options", kwlist, &want, &qmax, &spin, &nodelay))
         return NULL;
+    if (nodelay >= 0)
+        self->nodelay = nodelay;   /* read by connect() on the calling thread */
     pthread_mutex_lock(&self->mu);
     if (spin >= 0)
         self->spin_us = spin;
@@ -1400,7 +1399,8 @@ static PyMethodDef conn_methods[] = {
      "fileno($self, /)\n--\n\nAn eventfd that is readable while events are queued."},
     {"is_connected", (PyCFunction)conn_is_connected, METH_NOARGS, "is_connected($self, /)\n--\n\n"},
     {"set_options", (PyCFunction)(void (*)(void))conn_set_options, METH_VARARGS | METH_KEYWORDS,
-     "set_options($self, /, want_published=-1, queue_max=-1)\n--\n\n"},
+     "set_options($self, /, want_published=-1, queue_max=-1, spin_us=-1, nodelay=-1)\n--\n\n"
+     "Tune the connection; -1 leaves a setting unchanged.  nodelay applies from the next connect."},
     {"stats", (PyCFunction)conn_stats, METH_NOARGS, "stats($self, /)\n--\n\nCounters, for tests and tuning."},
     {NULL}
 };

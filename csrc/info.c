@@ -17,29 +17,15 @@ typedef struct {
     PyObject *topic;   /* for error messages */
 } sb_info;
 
-static int
-info_traverse(sb_info *self, visitproc visit, void *arg)
-{
-    Py_VISIT(Py_TYPE(self));
-    Py_VISIT(self->conn);
-    Py_VISIT(self->topic);
-    return 0;
-}
-
-static int
-info_clear(sb_info *self)
-{
-    Py_CLEAR(self->conn);
-    Py_CLEAR(self->topic);
-    return 0;
-}
-
+/* Not a GC type: an info refers only to its Connection and topic, neither of
+ * which can refer back to it, so it can never be part of a cycle (and one
+ * is created per publish: skipping GC tracking is measurable). */
 static void
 info_dealloc(sb_info *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    info_clear(self);
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->topic);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -130,8 +116,6 @@ static PyType_Slot info_slots[] = {
     {Py_tp_doc, "PublishInfo(mid=0, rc=0)\n--\n\nResult of a publish (base of MQTTMessageInfo)."},
     {Py_tp_new, info_new},
     {Py_tp_dealloc, info_dealloc},
-    {Py_tp_traverse, info_traverse},
-    {Py_tp_clear, info_clear},
     {Py_tp_getset, info_getset},
     {Py_tp_members, info_members},
     {0, NULL}
@@ -140,6 +124,6 @@ static PyType_Slot info_slots[] = {
 PyType_Spec sb_info_spec = {
     .name = "sermas_bus._core.PublishInfo",
     .basicsize = sizeof(sb_info),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .slots = info_slots,
 };

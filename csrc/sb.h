@@ -135,6 +135,7 @@ typedef struct {
     int mqtt_version;           /* version the handle was created for */
     char *client_id;            /* PyMem_Raw copy, for re-creating the handle */
     char *first_uri;
+    int nodelay;                /* set TCP_NODELAY on the broker socket at connect */
 
     /* Everything below is shared with paho's threads and guarded by mu. */
     pthread_mutex_t mu;

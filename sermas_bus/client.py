@@ -190,7 +190,7 @@ class Client:
     def __init__(self, callback_api_version: Any = CallbackAPIVersion.VERSION1, client_id: Optional[str] = "",
                  clean_session: Optional[bool] = None, userdata: Any = None, protocol: Any = _AUTO,
                  transport: str = "tcp", reconnect_on_failure: bool = True, manual_ack: bool = False,
-                 *, queue_max: int = 10000, spin_us: int = 50):
+                 *, queue_max: int = 10000, spin_us: int = 50, tcp_nodelay: bool = True):
         if isinstance(callback_api_version, str):
             # paho 1.x style: Client("my-id", ...)
             callback_api_version, client_id = CallbackAPIVersion.VERSION1, callback_api_version
@@ -226,6 +226,9 @@ class Client:
         # poll briefly before sleeping for the next message: measured RTT p50
         # 86 -> 61 us (TCP), 98 -> 60 us (websockets); costs <= spin_us of CPU per batch
         self._conn.set_options(spin_us=spin_us)
+        # TCP_NODELAY (default): no ~40 ms Nagle stalls on QoS 1 windows and event
+        # tails; False trades that latency for ~1.5x QoS 0 flood throughput
+        self._conn.set_options(nodelay=bool(tcp_nodelay))
         self._username: Optional[str] = None
         self._password: Optional[bytes] = None
         self._tls: Optional[Dict[str, Any]] = None
