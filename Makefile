@@ -28,7 +28,9 @@ demo: install
 	$(VPY) -m sermas_bus.demo
 
 bench: install
-	$(VPY) bench/run.py
+	$(VPY) bench/run.py $(BENCH_ARGS)
+	$(VPY) bench/bench_json.py
+	$(VPY) bench/bench_topics.py
 
 clean:
 	rm -rf build $(VENV) sermas_bus/*.so *.egg-info
