@@ -85,6 +85,18 @@ PyObject_GetOptionalAttrString_compat(PyObject *o, const char *name, PyObject **
 }
 
 static int
+check_usable_pid(sb_client *self, sb_state *st)
+{
+    if (self->owner_pid != getpid()) {
+        PyErr_SetString(st->ForkError,
+                        "this client was created in the parent process and cannot be used after fork(); "
+                        "create clients after fork() (paho.mqtt.c's threads do not survive it)");
+        return -1;
+    }
+    return 0;
+}
+
+static int
 check_usable(sb_client *self, sb_state *st)
 {
     if (self->owner_pid != getpid()) {
@@ -512,7 +524,9 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
         unsigned char *before = sb_socket_fds_snapshot(&nbits);
         if (version >= MQTTVERSION_5) {
             resp = MQTTClient_connect5(self->handle, &opts, &cprops, &wprops);
-            rc = (int)resp.reasonCode < 0 ? (int)resp.reasonCode : ((int)resp.reasonCode >= 0x80 ? (int)resp.reasonCode : 0);
+            /* any non-zero CONNACK code refuses: v5 success is only 0, and a
+             * 3.1.1-only broker answers a v5 CONNECT with its code 1 */
+            rc = (int)resp.reasonCode;
             reason = (int)resp.reasonCode > 0 ? (int)resp.reasonCode : -1;
             if (resp.properties && rc == 0) {
                 if (MQTTProperties_hasProperty(resp.properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
@@ -1155,10 +1169,11 @@ conn_pump(sb_client *self, PyObject *args)
     PyObject *callback, *cbargs, *on_error, *events = NULL;
     double timeout, deadline;
     Py_ssize_t max_batch, nmsgs = 0, nargs;
+    unsigned interrupts;
     sb_event *batch, *ev;
     PyObject *stack[8];
 
-    if (st == NULL)
+    if (st == NULL || check_usable_pid(self, st) < 0)
         return NULL;
     if (!PyArg_ParseTuple(args, "OO!Odn:pump", &callback, &PyTuple_Type, &cbargs, &on_error,
                           &timeout, &max_batch))
@@ -1169,6 +1184,7 @@ conn_pump(sb_client *self, PyObject *args)
         return NULL;
     }
     deadline = timeout < 0 ? -1.0 : sb_monotonic() + timeout;
+    interrupts = self->interrupts;
 
     /* wait for paho's receive thread to queue something: no GIL while blocked */
     Py_BEGIN_ALLOW_THREADS
@@ -1184,7 +1200,7 @@ conn_pump(sb_client *self, PyObject *args)
             pthread_mutex_lock(&self->mu);
         }
     }
-    while (self->head == NULL && !self->closing && timeout != 0) {
+    while (self->head == NULL && !self->closing && timeout != 0 && self->interrupts == interrupts) {
         int r;
         self->consumer_waiting++;
         r = sb_timed_wait(&self->ev_cv, &self->mu, deadline);
@@ -1210,6 +1226,15 @@ conn_pump(sb_client *self, PyObject *args)
     }
     while (batch) {
         PyObject *obj = NULL;
+        if (self->interrupts != interrupts) {
+            /* loop_stop()/close(): stop after the callback in progress; the
+             * rest stays queued (nothing is lost) */
+            pthread_mutex_lock(&self->mu);
+            sb_queue_requeue_front_locked(self, batch, nmsgs);
+            self->dispatching--;
+            pthread_mutex_unlock(&self->mu);
+            return events;
+        }
         ev = batch;
         batch = ev->next;
         ev->next = NULL;
@@ -1290,6 +1315,19 @@ fail:
 }
 
 static PyObject *
+conn_interrupt(sb_client *self, PyObject *unused)
+{
+    /* wake a waiting pump and make a delivering one return after the
+     * callback in progress (read without the lock by pump: a word-sized
+     * counter; the mutex orders the wake-up) */
+    pthread_mutex_lock(&self->mu);
+    self->interrupts++;
+    pthread_cond_broadcast(&self->ev_cv);
+    pthread_mutex_unlock(&self->mu);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 conn_post(sb_client *self, PyObject *obj)
 {
     sb_event *ev = PyMem_RawCalloc(1, sizeof *ev);
@@ -1315,6 +1353,9 @@ static PyObject *
 conn_is_connected(sb_client *self, PyObject *unused)
 {
     int c;
+    sb_state *st = state_of(self);
+    if (st == NULL || check_usable_pid(self, st) < 0)
+        return NULL;
     pthread_mutex_lock(&self->mu);
     c = self->connected;
     pthread_mutex_unlock(&self->mu);
@@ -1393,6 +1434,8 @@ static PyMethodDef conn_methods[] = {
      "pump($self, callback, args, on_error, timeout, max_batch, /)\n--\n\n"
      "Wait up to timeout for events, then deliver a batch: messages go to callback(*args, msg) "
      "(or into the result when callback is None); other events are returned as a list."},
+    {"interrupt", (PyCFunction)conn_interrupt, METH_NOARGS,
+     "interrupt($self, /)\n--\n\nMake a running pump() return after the callback in progress."},
     {"post", (PyCFunction)conn_post, METH_O,
      "post($self, obj, /)\n--\n\nQueue obj for the consumer (ordered with messages)."},
     {"fileno", (PyCFunction)conn_fileno, METH_NOARGS,

@@ -152,6 +152,7 @@ typedef struct {
     int closing;
     int connected;
     int consumer_waiting;
+    volatile unsigned interrupts; /* bumped by interrupt(): pump() returns early */
     int spin_us;                /* consumer polls this long before sleeping */
     int dispatching;            /* >0 while pump() runs callbacks */
     pthread_t dispatch_tid;     /* the thread running them */

@@ -51,7 +51,7 @@ from .enums import (  # noqa: F401  (re-exported, as paho.mqtt.client does)
     MQTTProtocolVersion, connack_string, error_string,
 )
 from .errors import (
-    ConnectError, ConnectionLostError, NotConnectedError, ProtocolError, ProtocolVersionError,
+    ConnectError, ConnectionLostError, ForkError, NotConnectedError, ProtocolError, ProtocolVersionError,
     PublishError, TimeoutError, TLSError,
 )
 from .matcher import TopicMatcher, topic_matches_sub, validate_topic_filter  # noqa: F401
@@ -580,6 +580,11 @@ class Client:
     def _connect_now(self) -> Dict[str, Any]:
         """Connect (blocking), fall back to 3.1.1 if allowed, restore
         subscriptions, and queue on_connect for the loop thread."""
+        if _inherited_paho_state:
+            raise ForkError(
+                "cannot connect in this process: it was forked while an MQTT connection was open, and "
+                "paho.mqtt.c's process-wide state (its receive thread and locks) does not survive fork(); "
+                "fork before connecting, or use multiprocessing with the 'spawn' or 'forkserver' start method")
         cb = self._callbacks.get("on_pre_connect")
         if cb is not None:
             self._call("on_pre_connect", (self, self._userdata))
@@ -982,7 +987,7 @@ class Client:
         if t is None:
             return MQTT_ERR_INVAL
         self._stop.set()
-        self._conn.post(("wake",))
+        self._conn.interrupt()   # returns after the callback in progress; the rest stays queued
         if t is not threading.current_thread():
             t.join()
         self._thread = None
@@ -1077,14 +1082,36 @@ def _close_all_at_exit() -> None:
             pass
 
 
+_paho_busy_at_fork = False     # a connection was live in the parent when it forked
+_inherited_paho_state = False  # this process is a child of such a fork
+
+
+def _before_fork() -> None:
+    global _paho_busy_at_fork
+    busy = False
+    for c in list(_live_clients):
+        try:
+            busy = busy or (not c._closed and c._conn.is_connected())
+        except Exception:   # a client that is itself inherited: count it as busy
+            busy = True
+    _paho_busy_at_fork = busy
+
+
 def _forget_all_after_fork() -> None:
-    """In a forked child paho's threads do not exist: abandon inherited handles."""
+    """In a forked child paho's threads do not exist: abandon inherited
+    handles, and give the Python side fresh locks (a parent's thread may
+    have held them at fork time)."""
+    global _inherited_paho_state
+    _inherited_paho_state = _inherited_paho_state or _paho_busy_at_fork
     for c in list(_live_clients):
         c._conn.forget()
         c._thread = None
         c._closed = True
+        c._pump_lock = threading.RLock()
+        c._subs_lock = threading.RLock()
+        c._reauth_lock = threading.Lock()
 
 
 atexit.register(_close_all_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_all_after_fork)
+    os.register_at_fork(before=_before_fork, after_in_child=_forget_all_after_fork)
