@@ -934,29 +934,59 @@ conn_wait_published(sb_client *self, PyObject *args)
 
 /* ---- subscribe / unsubscribe ------------------------------------------ */
 
+/* Enter/leave a call that waits for the broker's answer (GIL not held).
+ * Meanwhile paho's receive thread must not wait for queue room: it has to
+ * read that answer. */
+static void
+broker_wait_begin_nogil(sb_client *self)
+{
+    pthread_mutex_lock(&self->mu);
+    self->blocking++;
+    pthread_cond_broadcast(&self->space_cv);
+    pthread_mutex_unlock(&self->mu);
+}
+
+static void
+broker_wait_end_nogil(sb_client *self)
+{
+    pthread_mutex_lock(&self->mu);
+    self->blocking--;
+    pthread_mutex_unlock(&self->mu);
+}
+
+/* Common start of subscribe/unsubscribe: usable, connected, args parsed.
+ * Returns the items as a new "fast" sequence, *props borrowed. */
+static PyObject *
+request_items(sb_client *self, sb_state *st, PyObject *args, const char *what, PyObject **props)
+{
+    PyObject *items;
+    char fmt[64];
+    *props = Py_None;
+    if (st == NULL || check_usable(self, st) < 0)
+        return NULL;
+    snprintf(fmt, sizeof fmt, "O|O:%s", what);
+    if (!PyArg_ParseTuple(args, fmt, &items, props))
+        return NULL;
+    if (self->handle == NULL || !self->connected) {
+        PyErr_Format(st->NotConnectedError, "%s needs a connection; call connect() first", what);
+        return NULL;
+    }
+    return PySequence_Fast(items, "expected a sequence of topic filters");
+}
+
 static PyObject *
 conn_subscribe(sb_client *self, PyObject *args)
 {
     sb_state *st = state_of(self);
-    PyObject *items, *props = Py_None, *seq = NULL, *result = NULL;
+    PyObject *props, *seq, *result = NULL;
     Py_ssize_t n = 0, i;
     char **topics = NULL;
-    int *qos = NULL, v5;
+    int *qos = NULL, v5 = self->mqtt_version >= MQTTVERSION_5;
     MQTTSubscribe_options *opts = NULL;
     MQTTProperties mprops = MQTTProperties_initializer;
     MQTTResponse resp = MQTTResponse_initializer;
 
-    if (st == NULL || check_usable(self, st) < 0)
-        return NULL;
-    if (!PyArg_ParseTuple(args, "O|O:subscribe", &items, &props))
-        return NULL;
-    if (self->handle == NULL || !self->connected) {
-        PyErr_SetString(st->NotConnectedError, "subscribe needs a connection; call connect() first");
-        return NULL;
-    }
-    v5 = self->mqtt_version >= MQTTVERSION_5;
-    seq = PySequence_Fast(items, "subscribe items must be a sequence");
-    if (seq == NULL)
+    if ((seq = request_items(self, st, args, "subscribe", &props)) == NULL)
         return NULL;
     n = PySequence_Fast_GET_SIZE(seq);
     if (n < 1) {
@@ -989,14 +1019,9 @@ conn_subscribe(sb_client *self, PyObject *args)
 
     /* SUBACK comes back through paho's receive thread: wait without the GIL */
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&self->mu);
-    self->blocking++;
-    pthread_cond_broadcast(&self->space_cv);
-    pthread_mutex_unlock(&self->mu);
+    broker_wait_begin_nogil(self);
     resp = MQTTClient_subscribeMany5(self->handle, (int)n, topics, qos, v5 ? opts : NULL, v5 ? &mprops : NULL);
-    pthread_mutex_lock(&self->mu);
-    self->blocking--;
-    pthread_mutex_unlock(&self->mu);
+    broker_wait_end_nogil(self);
     Py_END_ALLOW_THREADS
 
     if (resp.reasonCode < 0 && !(v5 == 0 && resp.reasonCode == MQTTCLIENT_FAILURE)) {
@@ -1028,24 +1053,14 @@ static PyObject *
 conn_unsubscribe(sb_client *self, PyObject *args)
 {
     sb_state *st = state_of(self);
-    PyObject *filters, *props = Py_None, *seq = NULL, *result = NULL;
+    PyObject *props, *seq, *result = NULL;
     Py_ssize_t n = 0, i;
     char **topics = NULL;
-    int v5;
+    int v5 = self->mqtt_version >= MQTTVERSION_5;
     MQTTProperties mprops = MQTTProperties_initializer;
     MQTTResponse resp = MQTTResponse_initializer;
 
-    if (st == NULL || check_usable(self, st) < 0)
-        return NULL;
-    if (!PyArg_ParseTuple(args, "O|O:unsubscribe", &filters, &props))
-        return NULL;
-    if (self->handle == NULL || !self->connected) {
-        PyErr_SetString(st->NotConnectedError, "unsubscribe needs a connection");
-        return NULL;
-    }
-    v5 = self->mqtt_version >= MQTTVERSION_5;
-    seq = PySequence_Fast(filters, "unsubscribe needs a sequence of topic filters");
-    if (seq == NULL)
+    if ((seq = request_items(self, st, args, "unsubscribe", &props)) == NULL)
         return NULL;
     n = PySequence_Fast_GET_SIZE(seq);
     topics = PyMem_RawCalloc((size_t)(n ? n : 1), sizeof(char *));
@@ -1061,14 +1076,9 @@ conn_unsubscribe(sb_client *self, PyObject *args)
 
     /* UNSUBACK comes back through paho's receive thread: wait without the GIL */
     Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&self->mu);
-    self->blocking++;
-    pthread_cond_broadcast(&self->space_cv);
-    pthread_mutex_unlock(&self->mu);
+    broker_wait_begin_nogil(self);
     resp = MQTTClient_unsubscribeMany5(self->handle, (int)n, topics, v5 ? &mprops : NULL);
-    pthread_mutex_lock(&self->mu);
-    self->blocking--;
-    pthread_mutex_unlock(&self->mu);
+    broker_wait_end_nogil(self);
     Py_END_ALLOW_THREADS
 
     if (resp.reasonCode < 0) {

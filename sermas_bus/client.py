@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from . import _core
 from ._callbacks import Callback
+from ._queues import drain
 from ._urls import broker_uris, host_port, uses_tls
 from .enums import (  # noqa: F401  (re-exported, as paho.mqtt.client does)
     MQTT_ERR_AGAIN, MQTT_ERR_ACL_DENIED, MQTT_ERR_AUTH, MQTT_ERR_CONN_LOST, MQTT_ERR_CONN_REFUSED,
@@ -1024,13 +1025,7 @@ class Client:
             self._taps.append(tap)
             self._routing_changed()
             try:
-                while max_messages is None or count < max_messages:
-                    try:
-                        msg = tap.get(timeout=timeout)
-                    except _queue.Empty:
-                        return
-                    count += 1
-                    yield msg
+                yield from drain(tap, timeout, max_messages)
             finally:
                 self._taps.remove(tap)
                 self._routing_changed()

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from . import client as mqtt
 from . import json as sbjson
 from . import topics as _topics
+from ._queues import drain
 from .auth import ClientCredentials, ProviderToken, StaticToken, Token, TokenSource, UserLogin
 from .errors import TimeoutError
 from ._core import FilterTrie
@@ -323,15 +324,8 @@ class SermasClient:
         ``timeout`` s without one (None: never) or ``max_events``."""
         q: "_queue.SimpleQueue[Any]" = _queue.SimpleQueue()
         sub = self.subscribe(target, lambda e, m: q.put((e, m)), **params)
-        count = 0
         try:
-            while max_events is None or count < max_events:
-                try:
-                    item = q.get(timeout=timeout)
-                except _queue.Empty:
-                    return
-                count += 1
-                yield item
+            yield from drain(q, timeout, max_events)
         finally:
             sub.unsubscribe()
 
