@@ -18,9 +18,20 @@ Outside a ``with`` block call ``start()`` (it returns the broker) and
 temporary directory when the object is garbage collected or the interpreter
 exits.
 
+``LocalBus`` (from ``sermas_bus.localbus``, importable from here) is a local
+SERMAS-compatible bus: a ``Mosquitto`` whose listeners require the platform's
+JWT access tokens, plus the platform's token endpoints::
+
+    from sermas_bus.testing import LocalBus
+
+    with LocalBus(apps={"myapp": {"clients": {"svc": "s3cret"}}}) as bus:
+        token = bus.issue_token("myapp", "svc")
+        bus.mqtt_url         # 'ws://127.0.0.1:41235/mqtt'
+
 This module has no dependency on the compiled extension of ``sermas_bus``; it
 needs only the standard library, the ``mosquitto`` executable and, when TLS
-listeners are requested, the ``openssl`` command line tool.
+listeners are requested, the ``openssl`` command line tool (``LocalBus`` also
+needs the mosquitto plugin built with the package).
 """
 
 from __future__ import annotations
@@ -38,7 +49,16 @@ import time
 import weakref
 from typing import Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["Mosquitto"]
+__all__ = ["Mosquitto", "LocalBus"]
+
+
+def __getattr__(name: str):
+    # LocalBus (sermas_bus.localbus) builds on Mosquitto; imported on first use
+    # so that this module still loads on its own (tests/conftest.py does that)
+    if name == "LocalBus":
+        from .localbus import LocalBus
+        return LocalBus
+    raise AttributeError("module {!r} has no attribute {!r}".format(__name__, name))
 
 _RUNNING = re.compile(r"mosquitto version \S+ running")
 
