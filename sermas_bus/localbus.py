@@ -50,6 +50,7 @@ the ``sermas_bus._core`` extension.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -60,6 +61,9 @@ from .testing import Mosquitto
 from .tokens import TokenServer
 
 __all__ = ["LocalBus", "plugin_path"]
+
+# mosquitto logs each client's username, here an access token
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 
 PLUGIN_FILE = "_sermas_jwt_auth.so"
 PLUGIN_ENV = "SERMAS_BUS_JWT_PLUGIN"
@@ -212,8 +216,9 @@ class LocalBus:
         return self.broker.ca_file
 
     def log(self) -> str:
-        """Text of the broker log; the plugin says there why it refused a client."""
-        return self.broker.log()
+        """Text of the broker log, with access tokens replaced by ``<jwt>``; the
+        plugin says there why it refused a client.  ``broker.log()`` is the raw log."""
+        return _JWT.sub("<jwt>", self.broker.log())
 
     def is_running(self) -> bool:
         return self._state.tokens is not None and self.broker.is_running()

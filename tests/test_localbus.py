@@ -241,10 +241,14 @@ def test_plugin_is_not_a_python_module():
 # ------------------------------------------------------------- authentication
 @pytest.mark.parametrize("kind", ["tcp", "ws"])
 def test_valid_token_connects(bus, probes, kind):
-    p = probes(bus.issue_token("myapp", "svc"), transport="websockets" if kind == "ws" else "tcp")
+    token = bus.issue_token("myapp", "svc")
+    p = probes(token, transport="websockets" if kind == "ws" else "tcp")
     p.connect(bus.url(kind))
     assert p.client.is_connected()
-    wait_for_log(bus, "client {} authenticated for app myapp".format(p.client_id))
+    log = wait_for_log(bus, "client {} authenticated for app myapp".format(p.client_id))
+    # mosquitto logs the username; LocalBus.log() hides the token
+    wait_for_log(bus, "as {} (p5, c1, k60, u'<jwt>')".format(p.client_id))
+    assert token not in log and token in bus.broker.log()
 
 
 def test_password_is_not_needed(bus, probes):
@@ -296,7 +300,8 @@ def tamper(token):
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_refused_tokens(bus, probes, case):
     make_token, reason = REFUSALS[case]
-    p = probes(make_token(bus))
+    token = make_token(bus)
+    p = probes(token)
     with pytest.raises(NotAuthorizedError, match=r"Not authorized \(CONNACK code 135\)") as err:
         p.connect(bus.tcp_url)
     assert err.value.reason_code == 0x87
@@ -305,6 +310,7 @@ def test_refused_tokens(bus, probes, case):
     log = wait_for_log(bus, "refused client {} from 127.0.0.1: ".format(p.client_id))
     line = [ln for ln in log.splitlines() if "refused client " + p.client_id in ln][0]
     assert reason in line
+    assert token is None or token not in bus.broker.log()
 
 
 def test_refused_over_websockets_and_mqtt311(bus, probes):
