@@ -387,15 +387,23 @@ def test_other_apps_topic_refused(bus, probes):
     assert "Denied PUBLISH from {}".format(old.client_id) in log
 
 
+def sleep_past(token, secret):
+    """Sleep until token has expired; fail if it expired before this call
+    (the test's steps before it were too slow for the token's life)."""
+    left = verify_jwt(token, secret)["exp"] - time.time()   # raises if already expired
+    time.sleep(left + 0.3)
+
+
 def test_token_expiring_while_connected_loses_access(bus, probes):
-    expiring = probes(bus.issue_token("myapp", ttl=1.5)).connect(bus.tcp_url)
+    token = bus.issue_token("myapp", ttl=3)
+    expiring = probes(token).connect(bus.tcp_url)
     assert expiring.subscribe("app/myapp/expiry/#") == 1
     expiring.publish("app/myapp/expiry/a", b"before")
     assert expiring.messages.get(timeout=WAIT).payload == b"before"
     other = probes(bus.issue_token("myapp")).connect(bus.tcp_url)
     assert other.subscribe("app/myapp/expiry/#") == 1
 
-    time.sleep(2.0)
+    sleep_past(token, bus.secret)
     # still connected, but nothing is allowed any more: not to publish ...
     assert expiring.client.is_connected()
     with pytest.raises(PublishError, match="0x87"):
@@ -414,10 +422,10 @@ def test_token_expiring_while_connected_loses_access(bus, probes):
 def test_refresh_flow(bus, probes):
     """A token from the REST endpoint expires, is refreshed through the
     refresh endpoint, and a reconnect with the new one restores access."""
-    answer = bus.issue("myapp", "svc", ttl=1.5)
+    answer = bus.issue("myapp", "svc", ttl=3)
     p = probes(answer["access_token"]).connect(bus.tcp_url)
     assert p.subscribe("app/myapp/refresh/#") == 1
-    time.sleep(2.0)
+    sleep_past(answer["access_token"], bus.secret)
     with pytest.raises(PublishError):
         p.publish("app/myapp/refresh/a", b"expired")
 
