@@ -1,10 +1,20 @@
-"""Build the sermas_bus._core C extension against the system paho.mqtt.c and cJSON.
+"""Build the sermas_bus._core C extension against the system paho.mqtt.c and cJSON,
+and the mosquitto plugin behind sermas_bus.testing.LocalBus.
 
-Metadata lives in pyproject.toml; this file only declares the extension and
+Metadata lives in pyproject.toml; this file only declares the extensions and
 finds the libraries:
-  1. directories from PAHO_MQTT_C_DIR / CJSON_DIR (each with include/ and lib/),
-  2. the compiler's default search paths (Debian: libpaho-mqtt-dev, libcjson-dev),
-and stops with a message naming the packages to install when they are missing.
+  1. directories from PAHO_MQTT_C_DIR / CJSON_DIR / MOSQUITTO_DIR / OPENSSL_DIR
+     (each with include/ and lib/),
+  2. the compiler's default search paths (Debian: libpaho-mqtt-dev, libcjson-dev,
+     mosquitto-dev, libssl-dev),
+and stops with a message naming the packages to install when paho.mqtt.c or
+cJSON is missing.
+
+The plugin (plugin/sermas_jwt_auth.c -> sermas_bus/_sermas_jwt_auth.so) is a
+plain shared library loaded by mosquitto, not a Python module: no Python
+symbols, no ABI tag in its name.  It is optional: without the mosquitto plugin
+headers or OpenSSL, or if it fails to compile, the package still builds and
+LocalBus says which Debian packages to install.
 
 Knobs: SERMAS_BUS_DEBUG=1 (-O0 -g, asserts on), SERMAS_BUS_SANITIZE=1 (ASan/UBSan).
 """
@@ -13,6 +23,9 @@ import sys
 import sysconfig
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+PLUGIN = "sermas_bus._sermas_jwt_auth"
 
 MISSING_HELP = (
     "sermas_bus: {what} not found.\n"
@@ -51,7 +64,7 @@ def _extension():
     paho_lib = _find("PAHO_MQTT_C_DIR", "lib", ["libpaho-mqtt3cs.so", "libpaho-mqtt3cs.dylib"])
     cjson_inc = _find("CJSON_DIR", "include", ["cjson/cJSON.h"])
     cjson_lib = _find("CJSON_DIR", "lib", ["libcjson.so", "libcjson.dylib"])
-    building = any(a.startswith(("build", "bdist", "install", "develop", "editable")) for a in sys.argv[1:])
+    building = _building()
     for what, found in (
         ("paho.mqtt.c headers (MQTTClient.h)", paho_inc),
         ("paho.mqtt.c TLS library (libpaho-mqtt3cs)", paho_lib),
@@ -85,4 +98,58 @@ def _extension():
     )
 
 
-setup(ext_modules=[_extension()])
+def _building():
+    return any(a.startswith(("build", "bdist", "install", "develop", "editable")) for a in sys.argv[1:])
+
+
+def _plugin_extension():
+    """The mosquitto plugin, or None (with a warning) when its headers are missing."""
+    mosq_inc = _find("MOSQUITTO_DIR", "include", ["mosquitto_broker.h"])
+    if mosq_inc and not os.path.exists(os.path.join(mosq_inc, "mosquitto_plugin.h")):
+        mosq_inc = None
+    ssl_inc = _find("OPENSSL_DIR", "include", ["openssl/hmac.h"])
+    crypto_lib = _find("OPENSSL_DIR", "lib", ["libcrypto.so", "libcrypto.dylib"])
+    cjson_inc = _find("CJSON_DIR", "include", ["cjson/cJSON.h"])
+    cjson_lib = _find("CJSON_DIR", "lib", ["libcjson.so", "libcjson.dylib"])
+    missing = [what for what, found in (
+        ("mosquitto plugin headers (mosquitto_broker.h, mosquitto_plugin.h: Debian mosquitto-dev)", mosq_inc),
+        ("OpenSSL headers (openssl/hmac.h: Debian libssl-dev)", ssl_inc),
+        ("OpenSSL libcrypto (Debian libssl-dev)", crypto_lib),
+        ("cJSON (Debian libcjson-dev)", cjson_inc and cjson_lib),
+    ) if not found]
+    if missing:
+        if _building():
+            sys.stderr.write(
+                "sermas_bus: WARNING: not building the mosquitto plugin behind sermas_bus.testing.LocalBus; "
+                "missing: {}.\n  On Debian/Ubuntu: apt-get install mosquitto-dev libssl-dev libcjson-dev\n"
+                .format("; ".join(missing)))
+        return None
+    extra_compile = ["-std=c11", "-Wall", "-Wextra"]
+    if os.environ.get("SERMAS_BUS_DEBUG"):
+        extra_compile += ["-O0", "-g"]
+    return Extension(
+        PLUGIN,
+        sources=[os.path.join("plugin", "sermas_jwt_auth.c")],
+        include_dirs=[d for d in {mosq_inc, ssl_inc, cjson_inc} if d],
+        library_dirs=[d for d in {crypto_lib, cjson_lib} if d],
+        libraries=["crypto", "cjson"],
+        extra_compile_args=extra_compile,
+        # a compiler error here must not stop the package build
+        optional=True,
+    )
+
+
+class BuildExt(build_ext):
+    """Names the plugin ``_sermas_jwt_auth.so``: it is loaded by mosquitto, not by
+    Python, so it carries no Python ABI tag."""
+
+    def get_ext_filename(self, fullname):
+        # called with the full dotted name and, from get_ext_fullpath, the last part
+        if fullname in (PLUGIN, PLUGIN.rsplit(".", 1)[1]):
+            return os.path.join(*fullname.split(".")) + ".so"
+        return super().get_ext_filename(fullname)
+
+
+_plugin = _plugin_extension()
+setup(ext_modules=[_extension()] + ([_plugin] if _plugin is not None else []),
+      cmdclass={"build_ext": BuildExt})

@@ -18,9 +18,20 @@ Outside a ``with`` block call ``start()`` (it returns the broker) and
 temporary directory when the object is garbage collected or the interpreter
 exits.
 
+``LocalBus`` (from ``sermas_bus.localbus``, importable from here) is a local
+SERMAS-compatible bus: a ``Mosquitto`` whose listeners require the platform's
+JWT access tokens, plus the platform's token endpoints::
+
+    from sermas_bus.testing import LocalBus
+
+    with LocalBus(apps={"myapp": {"clients": {"svc": "s3cret"}}}) as bus:
+        token = bus.issue_token("myapp", "svc")
+        bus.mqtt_url         # 'ws://127.0.0.1:41235/mqtt'
+
 This module has no dependency on the compiled extension of ``sermas_bus``; it
 needs only the standard library, the ``mosquitto`` executable and, when TLS
-listeners are requested, the ``openssl`` command line tool.
+listeners are requested, the ``openssl`` command line tool (``LocalBus`` also
+needs the mosquitto plugin built with the package).
 """
 
 from __future__ import annotations
@@ -38,7 +49,16 @@ import time
 import weakref
 from typing import Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["Mosquitto"]
+__all__ = ["Mosquitto", "LocalBus"]
+
+
+def __getattr__(name: str):
+    # LocalBus (sermas_bus.localbus) builds on Mosquitto; imported on first use
+    # so that this module still loads on its own (tests/conftest.py does that)
+    if name == "LocalBus":
+        from .localbus import LocalBus
+        return LocalBus
+    raise AttributeError("module {!r} has no attribute {!r}".format(__name__, name))
 
 _RUNNING = re.compile(r"mosquitto version \S+ running")
 
@@ -173,6 +193,12 @@ class Mosquitto:
     ``extra_conf`` is inserted after the generated global options and before
     the generated listeners, so it can override global options (later values
     win) and add listeners of its own (``per_listener_settings`` is true).
+
+    ``listener_security`` (mosquitto options, one per line) replaces
+    ``allow_anonymous true`` in every listener described as anonymous above,
+    e.g. the ``plugin`` / ``plugin_opt_*`` lines of an authentication plugin
+    (``LocalBus`` puts its JWT plugin there).  It may be changed before
+    ``start()``.
     """
 
     host = "127.0.0.1"
@@ -192,6 +218,7 @@ class Mosquitto:
         mtls_listener: bool = False,
         ready_timeout: float = 10.0,
         log_type: str = "all",
+        listener_security: Optional[str] = None,
     ) -> None:
         if binary is None:
             binary = shutil.which("mosquitto")
@@ -228,6 +255,7 @@ class Mosquitto:
         self.mtls_listener = mtls_listener
         self.users: Dict[str, str] = users
         self.extra_conf = extra_conf
+        self.listener_security = listener_security
         self.ready_timeout = ready_timeout
         # 'all' logs every PUBLISH (debug); benchmarks may want "warning".
         # 'information' is always added: readiness waits for "... running".
@@ -517,16 +545,19 @@ class Mosquitto:
                  "protocol " + protocol, *opts]
             )
 
-        anon = "allow_anonymous true"
+        if self.listener_security is None:
+            anon = ["allow_anonymous true"]
+        else:
+            anon = [line.strip() for line in self.listener_security.splitlines() if line.strip()]
         tls = ["cafile " + str(self.ca_file), "certfile " + str(self.server_cert),
                "keyfile " + str(self.server_key)]
-        listener(self.port, "mqtt", anon)
-        listener(self.ws_port, "websockets", anon)
-        listener(self.tls_port, "mqtt", anon, *tls)
-        listener(self.wss_port, "websockets", anon, *tls)
+        listener(self.port, "mqtt", *anon)
+        listener(self.ws_port, "websockets", *anon)
+        listener(self.tls_port, "mqtt", *anon, *tls)
+        listener(self.wss_port, "websockets", *anon, *tls)
         listener(self.auth_port, "mqtt", "allow_anonymous false",
                  "password_file " + str(self._passwd_path))
-        listener(self.mtls_port, "mqtt", anon, *tls, "require_certificate true")
+        listener(self.mtls_port, "mqtt", *anon, *tls, "require_certificate true")
         listener(self._internal_port, "mqtt", "allow_anonymous false")
         with open(str(self.conf_path), "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")

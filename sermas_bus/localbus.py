@@ -1,0 +1,299 @@
+"""A local SERMAS-compatible bus for tests and notebooks.
+
+``LocalBus`` starts, on free 127.0.0.1 ports:
+
+* a ``mosquitto`` (``sermas_bus.testing.Mosquitto``: plain TCP, websockets on
+  ``/mqtt``, and with ``tls=True`` also mqtts and wss with a throw-away CA)
+  whose listeners all run the ``sermas_jwt_auth`` plugin built with this
+  package (``plugin/sermas_jwt_auth.c``);
+* a ``sermas_bus.tokens.TokenServer``, the platform's REST token endpoints,
+  issuing HS256 JWTs signed with the same random secret.
+
+So a client authenticates and is authorised as on the SERMAS platform::
+
+    from sermas_bus.testing import LocalBus
+    import sermas_bus.client as mqtt
+
+    apps = {"myapp": {"clients": {"svc": "s3cret"}, "users": {"alice": "pw"}}}
+    with LocalBus(apps=apps, token_ttl=300) as bus:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.username_pw_set(bus.issue_token("myapp", "svc"), "sermas")
+        client.connect(bus.mqtt_url)                 # ws://127.0.0.1:<port>/mqtt
+        client.publish("app/myapp/ui/status", "{}", qos=1).wait_for_publish(5)
+
+        # or the platform's REST flow, as a service would do it:
+        from sermas_bus.auth import ClientCredentials
+        token = ClientCredentials(bus.api_url, "myapp", "svc", "s3cret").fetch()
+
+What the broker enforces (details in ``plugin/sermas_jwt_auth.c``):
+
+* the MQTT username must be an HS256 JWT signed with ``secret``, with an
+  ``exp`` in the future and an ``appId``; otherwise the CONNACK says
+  "Not authorized" (``sermas_bus.errors.NotAuthorizedError``), and
+  ``log()`` tells why ("JWT has expired", "JWT signature does not verify ...");
+* a client may publish, subscribe and receive on ``app/<appId>/<resource>/...``
+  and ``user/<appId>/<resource>/...`` of its token's appId only (also through
+  ``$share/<group>/``); anything else is refused: SUBACK 0x87, and with
+  MQTT 5 a QoS 1/2 publish gets PUBACK/PUBREC 0x87 ("Not authorized",
+  ``PublishError`` from ``wait_for_publish``); MQTT 3.1.1 and QoS 0 publishes
+  are dropped silently;
+* the token's ``exp`` is checked on every access, so a connection whose token
+  expires stays connected but loses all topic access until it reconnects
+  with a fresh token (``Client.reauthenticate``).
+
+Unlike the platform, every token may use its whole app subtree (no
+per-resource Keycloak policies).
+
+Standard library only (plus the plugin's shared library); it does not need
+the ``sermas_bus._core`` extension.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import weakref
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .testing import Mosquitto
+from .tokens import TokenServer
+
+__all__ = ["LocalBus", "plugin_path"]
+
+# mosquitto logs each client's username, here an access token
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+
+PLUGIN_FILE = "_sermas_jwt_auth.so"
+PLUGIN_ENV = "SERMAS_BUS_JWT_PLUGIN"
+
+_MISSING_PLUGIN = (
+    "sermas_bus.testing.LocalBus needs the mosquitto plugin {path}, which was not built. "
+    "Install the Debian packages mosquitto-dev, libssl-dev and libcjson-dev "
+    "(apt-get install mosquitto-dev libssl-dev libcjson-dev), then rebuild sermas_bus "
+    "(pip install -e . or python setup.py build_ext --inplace); or point {env} at a built "
+    "sermas_jwt_auth plugin."
+)
+
+
+def plugin_path(path: Optional[str] = None) -> str:
+    """Path of the ``sermas_jwt_auth`` mosquitto plugin: ``path``, else
+    ``$SERMAS_BUS_JWT_PLUGIN``, else the one built next to this module.
+    Raises RuntimeError naming the Debian packages when it is missing."""
+    if path is None:
+        path = os.environ.get(PLUGIN_ENV) or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                          PLUGIN_FILE)
+    if not os.path.isfile(path):
+        raise RuntimeError(_MISSING_PLUGIN.format(path=path, env=PLUGIN_ENV))
+    return os.path.abspath(path)
+
+
+def _check_name(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("{} must be a non-empty str, not {!r}".format(what, value))
+    return value
+
+
+def _normalise_apps(apps: Optional[Mapping[str, Any]]) -> Dict[str, Dict[str, Dict[str, str]]]:
+    out: Dict[str, Dict[str, Dict[str, str]]] = {}
+    for app_id, spec in (apps or {}).items():
+        _check_name("app id", app_id)
+        if any(c in app_id for c in "/+#"):
+            raise ValueError("app id {!r}: '/', '+' and '#' cannot appear in an appId "
+                             "(it is a topic level)".format(app_id))
+        spec = dict(spec or {})
+        unknown = set(spec) - {"clients", "users"}
+        if unknown:
+            raise ValueError("app {!r}: unknown keys {} (expected 'clients' and 'users')".format(
+                app_id, sorted(unknown)))
+        entry: Dict[str, Dict[str, str]] = {}
+        for kind in ("clients", "users"):
+            table = {}
+            for name, password in dict(spec.get(kind) or {}).items():
+                table[_check_name("{} name in app {!r}".format(kind[:-1], app_id), name)] = \
+                    _check_name("secret of {} {!r} in app {!r}".format(kind[:-1], name, app_id), password)
+            entry[kind] = table
+        out[app_id] = entry
+    return out
+
+
+class _State:
+    """What the finalizer needs; holds no reference to the LocalBus."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.broker = broker
+        self.tokens: Optional[TokenServer] = None
+        self.tmpdir: Optional[str] = None
+
+
+def _cleanup(state: _State) -> None:
+    tokens, state.tokens = state.tokens, None
+    if tokens is not None:
+        try:
+            tokens.close()
+        except Exception:
+            pass
+    try:
+        state.broker.close()
+    except Exception:
+        pass
+    tmpdir, state.tmpdir = state.tmpdir, None
+    if tmpdir is not None:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class LocalBus:
+    """A local SERMAS bus: mosquitto + JWT plugin + token endpoints (see the module docstring).
+
+    ``apps``: ``{appId: {"clients": {clientId: clientSecret}, "users": {username: password}}}``,
+    the credentials the token endpoints accept.  ``token_ttl``: access token
+    lifetime in seconds.  ``tls``: also listen with TLS (``url("mqtts")``,
+    ``url("wss")``, verified with ``ca_file``).  ``secret``: the HS256 key
+    (default: 32 random bytes).  ``log_type``, ``binary``: as for ``Mosquitto``.
+    ``plugin``: path of the plugin's shared library (default: the one built
+    with this package, or ``$SERMAS_BUS_JWT_PLUGIN``).
+
+    Use it as a context manager, or ``start()`` / ``close()``.  Closing stops
+    the broker and the token server and removes every temporary file; a
+    finalizer does the same if the object is garbage collected or the
+    interpreter exits.
+    """
+
+    def __init__(self, apps: Optional[Mapping[str, Any]] = None, token_ttl: float = 300.0,
+                 tls: bool = False, *, secret: Optional[bytes] = None, log_type: str = "all",
+                 binary: Optional[str] = None, plugin: Optional[str] = None,
+                 ready_timeout: float = 10.0) -> None:
+        if secret is not None and (not isinstance(secret, bytes) or not secret):
+            raise ValueError("secret must be non-empty bytes")
+        self.apps = _normalise_apps(apps)
+        self.token_ttl = float(token_ttl)
+        self.tls = bool(tls)
+        self.secret: bytes = secret if secret is not None else secrets.token_bytes(32)
+        # both checks raise RuntimeError naming the Debian package, before anything starts
+        self.broker = Mosquitto(tcp=True, websockets=True, tls=self.tls, binary=binary,
+                                log_type=log_type, ready_timeout=ready_timeout)
+        self.plugin = plugin_path(plugin)
+        self.tmpdir: Optional[str] = None
+        self.secret_file: Optional[str] = None
+        self._closed = False
+        self._state = _State(self.broker)
+        self._finalizer = weakref.finalize(self, _cleanup, self._state)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def token_server(self) -> TokenServer:
+        tokens = self._state.tokens
+        if tokens is None:
+            raise RuntimeError("LocalBus not started: call start() or use 'with'")
+        return tokens
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the token endpoints (``http://127.0.0.1:<port>``), the
+        ``base`` of ``sermas_bus.auth.ClientCredentials`` / ``UserLogin``."""
+        return self.token_server.url
+
+    @property
+    def mqtt_url(self) -> str:
+        """The broker as SERMAS publishes it: MQTT over websockets, ``ws://127.0.0.1:<port>/mqtt``."""
+        return self.url("ws")
+
+    @property
+    def tcp_url(self) -> str:
+        """The broker over plain TCP: ``tcp://127.0.0.1:<port>``."""
+        return self.url("tcp")
+
+    def url(self, kind: str = "ws") -> str:
+        """URL of a listener: ``ws``, ``tcp``, and with ``tls=True`` ``wss``, ``mqtts``."""
+        if self._state.tokens is None:
+            raise RuntimeError("LocalBus not started: call start() or use 'with'")
+        return self.broker.url(kind)
+
+    @property
+    def ca_file(self) -> Optional[str]:
+        """CA certificate of the TLS listeners (``tls=True``), else None."""
+        return self.broker.ca_file
+
+    def log(self) -> str:
+        """Text of the broker log, with access tokens replaced by ``<jwt>``; the
+        plugin says there why it refused a client.  ``broker.log()`` is the raw log."""
+        return _JWT.sub("<jwt>", self.broker.log())
+
+    def is_running(self) -> bool:
+        return self._state.tokens is not None and self.broker.is_running()
+
+    def __repr__(self) -> str:
+        if not self.is_running():
+            return "<LocalBus stopped apps={}>".format(sorted(self.apps))
+        return "<LocalBus running {} api={} apps={}>".format(self.mqtt_url, self.api_url, sorted(self.apps))
+
+    # ---------------------------------------------------------------- tokens
+    def issue_token(self, app_id: str, client_id: str = "localbus-client", ttl: Optional[float] = None,
+                    **claims: Any) -> str:
+        """A fresh access token (JWT) for ``client_id`` in ``app_id``, valid for
+        ``ttl`` seconds (default ``token_ttl``; <= 0 gives an expired token).
+        Extra keyword arguments become extra claims.  Any app id is accepted,
+        configured or not; the token server records it in ``token_server.issued``."""
+        _check_name("app_id", app_id)
+        _check_name("client_id", client_id)
+        return self.token_server.issue(app_id, client_id, "client", ttl, **claims)["access_token"]
+
+    def issue(self, app_id: str, client_id: str = "localbus-client", ttl: Optional[float] = None,
+              **claims: Any) -> Dict[str, Any]:
+        """Like ``issue_token`` but the whole token answer (``access_token``,
+        ``refresh_token``, ``expires_in``...), as the REST endpoint returns it."""
+        _check_name("app_id", app_id)
+        _check_name("client_id", client_id)
+        return self.token_server.issue(app_id, client_id, "client", ttl, **claims)
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> "LocalBus":
+        """Start the token server and the broker; no-op when running."""
+        if self._closed:
+            raise RuntimeError("this LocalBus was closed; create a new one")
+        if self._state.tokens is not None:
+            return self
+        try:
+            self._prepare()
+            clients: Dict[Tuple[str, str], str] = {}
+            users: Dict[Tuple[str, str], str] = {}
+            for app_id, spec in self.apps.items():
+                clients.update({(app_id, name): pw for name, pw in spec["clients"].items()})
+                users.update({(app_id, name): pw for name, pw in spec["users"].items()})
+            self._state.tokens = TokenServer(secret=self.secret, ttl=self.token_ttl,
+                                             clients=clients, users=users).start()
+            self.broker.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop everything this LocalBus started and delete its files. Idempotent."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> "LocalBus":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- internals
+    def _prepare(self) -> None:
+        tmpdir = tempfile.mkdtemp(prefix="sermas-localbus-")
+        if any(c.isspace() for c in tmpdir):
+            # mosquitto's config parser splits on whitespace
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            tmpdir = tempfile.mkdtemp(prefix="sermas-localbus-", dir="/tmp")
+        self._state.tmpdir = self.tmpdir = tmpdir
+        self.secret_file = os.path.join(tmpdir, "jwt-secret")
+        fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(self.secret)
+        plugin = self.plugin
+        if any(c.isspace() for c in plugin):
+            plugin = os.path.join(tmpdir, PLUGIN_FILE)
+            shutil.copyfile(self.plugin, plugin)
+        self.broker.listener_security = "plugin {}\nplugin_opt_secret_file {}".format(plugin, self.secret_file)

@@ -1,0 +1,540 @@
+"""sermas_bus.testing.LocalBus: a real mosquitto with the sermas_jwt_auth plugin
+(plugin/sermas_jwt_auth.c) and the platform's token endpoints, exercised with
+sermas_bus.client."""
+
+from __future__ import annotations
+
+import base64
+import gc
+import importlib.metadata
+import json
+import os
+import pathlib
+import queue
+import socket
+import subprocess
+import time
+import uuid
+
+import pytest
+
+import sermas_bus.client as mqtt
+from sermas_bus import localbus
+from sermas_bus.auth import ClientCredentials, UserLogin, post_json
+from sermas_bus.errors import NotAuthorizedError, PublishError
+from sermas_bus.testing import LocalBus
+from sermas_bus.tokens import make_jwt, verify_jwt
+
+# the plugin's fixtures, imported rather than listed in pytest_plugins: once the
+# package is installed its pytest11 entry point registers the same module, and
+# pytest refuses to register one module under two names
+from sermas_bus.pytest_plugin import local_bus, local_bus_config  # noqa: F401
+
+pytest_plugins = ["pytester"]
+
+WAIT = 10.0
+APPS = {
+    "myapp": {"clients": {"svc": "svc-secret"}, "users": {"alice": "alice-pw"}},
+    "other": {"clients": {"svc2": "svc2-secret"}},
+}
+
+
+@pytest.fixture(scope="module")
+def bus():
+    with LocalBus(apps=APPS, token_ttl=300) as b:
+        yield b
+
+
+class Probe:
+    """A sermas_bus client whose callbacks feed queues (loop_start)."""
+
+    def __init__(self, token=None, password="sermas", protocol=None, transport="tcp", **kw):
+        if protocol is not None:
+            kw["protocol"] = protocol
+        self.client_id = "probe-" + uuid.uuid4().hex[:12]
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                  transport=transport, **kw)
+        if token is not None:
+            self.client.username_pw_set(token, password)
+        self.subacks: "queue.Queue" = queue.Queue()
+        self.messages: "queue.Queue" = queue.Queue()
+        self.client.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put([int(r.value) for r in rcs])
+        self.client.on_message = lambda c, u, msg: self.messages.put(msg)
+
+    def connect(self, url):
+        self.client.connect(url)
+        self.client.loop_start()
+        return self
+
+    def subscribe(self, topic, qos=1):
+        """Subscribe and return the SUBACK reason code."""
+        self.client.subscribe(topic, qos)
+        (code,) = self.subacks.get(timeout=WAIT)
+        return code
+
+    def publish(self, topic, payload=b"x", qos=1):
+        info = self.client.publish(topic, payload, qos=qos)
+        info.wait_for_publish(WAIT)
+
+    def close(self):
+        self.client.close()
+
+
+@pytest.fixture
+def probes():
+    made = []
+
+    def make(*args, **kw):
+        p = Probe(*args, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def wait_for_log(bus, text, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        log = bus.log()
+        if text in log:
+            return log
+        if time.monotonic() > deadline:
+            raise AssertionError("{!r} not in the broker log:\n{}".format(text, log[-3000:]))
+        time.sleep(0.05)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def claims(app="myapp", ttl=300.0, **extra):
+    now = time.time()
+    out = {"sub": "svc", "appId": app, "clientId": "svc", "iat": int(now), "exp": now + ttl,
+           "jti": 1, "kind": "client"}
+    out.update(extra)
+    return out
+
+
+def signed(header, body, secret):
+    """A JWS with an arbitrary header, HMAC-SHA256 signed."""
+    import hashlib
+    import hmac
+    signing_input = "{}.{}".format(b64(json.dumps(header).encode()), b64(json.dumps(body).encode()))
+    sig = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
+    return "{}.{}".format(signing_input, b64(sig))
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ lifecycle
+def test_urls_and_attributes(bus):
+    assert bus.api_url.startswith("http://127.0.0.1:")
+    assert bus.mqtt_url == "ws://127.0.0.1:%d/mqtt" % bus.broker.ws_port
+    assert bus.tcp_url == "tcp://127.0.0.1:%d" % bus.broker.port
+    assert isinstance(bus.secret, bytes) and len(bus.secret) == 32
+    assert bus.is_running()
+    assert "running" in repr(bus)
+    assert "sermas_jwt_auth: HS256 JWT authentication" in bus.log()
+    # the secret file is private
+    assert os.stat(bus.secret_file).st_mode & 0o777 == 0o600
+    with open(bus.secret_file, "rb") as f:
+        assert f.read() == bus.secret
+
+
+def test_up_and_down_leaves_nothing():
+    b = LocalBus(apps=APPS).start()
+    pid = b.broker.pid
+    dirs = [b.tmpdir, b.broker.tmpdir]
+    conf = b.broker.conf_path
+    api_port = int(b.api_url.rsplit(":", 1)[1])
+    token_thread = b.token_server._thread
+    ports = list(b.broker.listeners.values())
+    assert all(os.path.isdir(d) for d in dirs)
+    found = subprocess.run(["pgrep", "-f", conf], stdout=subprocess.PIPE, text=True)
+    assert str(pid) in found.stdout.split()
+
+    b.close()
+    assert not pid_alive(pid)
+    assert subprocess.run(["pgrep", "-f", conf], stdout=subprocess.DEVNULL).returncode == 1
+    for d in dirs:
+        assert not os.path.exists(d), d
+    for port in [api_port] + ports:
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    assert not token_thread.is_alive()
+    assert not b.is_running()
+    b.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        b.start()
+
+
+def test_finalizer_cleans_up_a_forgotten_bus():
+    b = LocalBus(apps=APPS).start()
+    pid, dirs = b.broker.pid, [b.tmpdir, b.broker.tmpdir]
+    del b
+    gc.collect()
+    assert not pid_alive(pid)
+    assert not any(os.path.exists(d) for d in dirs)
+
+
+def test_not_started():
+    b = LocalBus()
+    try:
+        with pytest.raises(RuntimeError, match="not started"):
+            b.mqtt_url
+        with pytest.raises(RuntimeError, match="not started"):
+            b.issue_token("myapp")
+        assert "stopped" in repr(b)
+    finally:
+        b.close()
+
+
+def test_bad_configuration():
+    with pytest.raises(ValueError, match="appId"):
+        LocalBus(apps={"a/b": {}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        LocalBus(apps={"a": {"client": {}}})
+    with pytest.raises(ValueError, match="secret"):
+        LocalBus(apps={"a": {"clients": {"c": ""}}})
+    with pytest.raises(ValueError, match="secret must be"):
+        LocalBus(secret=b"")
+
+
+def test_missing_plugin_names_the_debian_packages(tmp_path, monkeypatch):
+    with pytest.raises(RuntimeError, match="mosquitto-dev, libssl-dev and libcjson-dev"):
+        LocalBus(plugin=str(tmp_path / "nope.so"))
+    monkeypatch.setenv(localbus.PLUGIN_ENV, str(tmp_path / "nope.so"))
+    with pytest.raises(RuntimeError, match="apt-get install mosquitto-dev"):
+        LocalBus()
+
+
+def test_missing_mosquitto_names_the_debian_package(monkeypatch):
+    from sermas_bus import testing
+    monkeypatch.setattr(testing.shutil, "which", lambda name: None)
+    monkeypatch.setattr(testing.os, "access", lambda path, mode: False)
+    with pytest.raises(RuntimeError, match=r"Debian package 'mosquitto' \(apt-get install mosquitto\)"):
+        LocalBus()
+
+
+def test_plugin_is_not_a_python_module():
+    """The plugin is a plain shared library: no Python symbols, only the three
+    plugin entry points exported."""
+    path = localbus.plugin_path()
+    assert path.endswith("/_sermas_jwt_auth.so")
+    nm = subprocess.run(["nm", "-D", path], stdout=subprocess.PIPE, text=True)
+    if nm.returncode != 0:
+        pytest.skip("nm not available")
+    names = [line.split()[-1] for line in nm.stdout.splitlines() if line.strip()]
+    assert not [n for n in names if n.startswith(("Py", "_Py"))]
+    exported = sorted(line.split()[-1] for line in nm.stdout.splitlines() if " T " in line)
+    assert exported == ["mosquitto_plugin_cleanup", "mosquitto_plugin_init", "mosquitto_plugin_version"]
+
+
+# ------------------------------------------------------------- authentication
+@pytest.mark.parametrize("kind", ["tcp", "ws"])
+def test_valid_token_connects(bus, probes, kind):
+    token = bus.issue_token("myapp", "svc")
+    p = probes(token, transport="websockets" if kind == "ws" else "tcp")
+    p.connect(bus.url(kind))
+    assert p.client.is_connected()
+    log = wait_for_log(bus, "client {} authenticated for app myapp".format(p.client_id))
+    # mosquitto logs the username; LocalBus.log() hides the token
+    wait_for_log(bus, "as {} (p5, c1, k60, u'<jwt>')".format(p.client_id))
+    assert token not in log and token in bus.broker.log()
+
+
+def test_password_is_not_needed(bus, probes):
+    p = probes(bus.issue_token("myapp"), password=None).connect(bus.tcp_url)
+    assert p.client.is_connected()
+
+
+def test_fractional_exp(bus, probes):
+    token = make_jwt(claims(ttl=3.25), bus.secret)
+    assert isinstance(verify_jwt(token, bus.secret)["exp"], float)
+    p = probes(token).connect(bus.tcp_url)
+    assert p.client.is_connected()
+
+
+REFUSALS = {
+    "bad signature": (lambda bus: make_jwt(claims(), b"not the broker's secret"),
+                      "JWT signature does not verify with this broker's secret"),
+    "tampered claims": (lambda bus: tamper(make_jwt(claims(), bus.secret)),
+                        "JWT signature does not verify"),
+    "expired": (lambda bus: bus.issue_token("myapp", ttl=-1), "JWT has expired"),
+    "garbage": (lambda bus: "not-a-token", "username is not a JWT"),
+    "not base64": (lambda bus: "a!.b.c", "JWT header is not a base64url-encoded JSON object"),
+    "claims not an object": (lambda bus: signed({"alg": "HS256"}, [1], bus.secret),
+                             "JWT claims are not a base64url-encoded JSON object"),
+    "signature not base64": (lambda bus: make_jwt(claims(), bus.secret)[:-1] + "!", "not a JWT"),
+    "four parts": (lambda bus: make_jwt(claims(), bus.secret) + ".x", "not a JWT"),
+    "no username": (lambda bus: None, "no username"),
+    "alg none": (lambda bus: "{}.{}.".format(b64(b'{"alg":"none"}'), b64(json.dumps(claims()).encode())),
+                 "JWT alg is not HS256"),
+    "alg HS512": (lambda bus: signed({"alg": "HS512", "typ": "JWT"}, claims(), bus.secret),
+                  "JWT alg is not HS256"),
+    "crit header": (lambda bus: signed({"alg": "HS256", "crit": ["x"]}, claims(), bus.secret),
+                    "JWT alg is not HS256"),
+    "no appId": (lambda bus: make_jwt({"sub": "svc", "exp": time.time() + 60}, bus.secret),
+                 "no usable appId"),
+    "appId with slash": (lambda bus: make_jwt(claims(app="my/app"), bus.secret), "no usable appId"),
+    "exp as string": (lambda bus: make_jwt(claims(exp="9999999999"), bus.secret), "no numeric exp"),
+    "nbf in the future": (lambda bus: make_jwt(claims(nbf=time.time() + 3600), bus.secret), "not valid yet"),
+}
+
+
+def tamper(token):
+    header, body, sig = token.split(".")
+    c = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    c["appId"] = "other"
+    return "{}.{}.{}".format(header, b64(json.dumps(c).encode()), sig)
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_refused_tokens(bus, probes, case):
+    make_token, reason = REFUSALS[case]
+    token = make_token(bus)
+    p = probes(token)
+    with pytest.raises(NotAuthorizedError, match=r"Not authorized \(CONNACK code 135\)") as err:
+        p.connect(bus.tcp_url)
+    assert err.value.reason_code == 0x87
+    assert "valid, unexpired JWT" in str(err.value)
+    # the broker log says why, and never shows the refused token
+    log = wait_for_log(bus, "refused client {} from 127.0.0.1: ".format(p.client_id))
+    line = [ln for ln in log.splitlines() if "refused client " + p.client_id in ln][0]
+    assert reason in line
+    assert token is None or token not in bus.broker.log()
+
+
+def test_refused_over_websockets_and_mqtt311(bus, probes):
+    p = probes(bus.issue_token("myapp", ttl=-5), transport="websockets")
+    with pytest.raises(NotAuthorizedError, match="CONNACK code 135"):
+        p.connect(bus.mqtt_url)
+    p = probes("garbage", protocol=mqtt.MQTTv311)
+    with pytest.raises(NotAuthorizedError, match=r"not authorised \(CONNACK code 5\)") as err:
+        p.connect(bus.tcp_url)
+    assert err.value.reason_code == 5
+
+
+# -------------------------------------------------------------- authorisation
+def test_publish_subscribe_on_own_app(bus, probes):
+    p = probes(bus.issue_token("myapp", "svc")).connect(bus.tcp_url)
+    assert p.subscribe("app/myapp/dialogue/messages/+") == 1
+    p.publish("app/myapp/dialogue/messages/s1", b'{"appId": "myapp"}')
+    msg = p.messages.get(timeout=WAIT)
+    assert (msg.topic, msg.payload) == ("app/myapp/dialogue/messages/s1", b'{"appId": "myapp"}')
+
+
+def test_messages_between_clients_of_the_same_app_over_ws_and_tcp(bus, probes):
+    sub = probes(bus.issue_token("myapp", "svc"), transport="websockets").connect(bus.mqtt_url)
+    pub = probes(bus.issue_token("myapp", "other-client")).connect(bus.tcp_url)
+    assert sub.subscribe("app/myapp/ui/#") == 1
+    pub.publish("app/myapp/ui/status", b"ok")
+    assert sub.messages.get(timeout=WAIT).payload == b"ok"
+
+
+@pytest.mark.parametrize("topic,allowed", [
+    ("app/myapp/x", True),
+    ("app/myapp/#", True),
+    ("app/myapp/+/y", True),
+    ("user/myapp/session/1", True),
+    ("$share/workers/app/myapp/tasks/+", True),
+    ("app/other/x", False),
+    ("app/+/x", False),
+    ("app/#", False),
+    ("#", False),
+    ("+/myapp/x", False),
+    ("$SYS/#", False),
+    ("$SYS/broker/uptime", False),
+    ("system/x", False),
+    ("user/other/x", False),
+    ("app/myapp", False),
+    ("app/myapp/", False),
+    ("app/myappX/x", False),
+    ("$share/workers/app/other/x", False),
+])
+def test_subscribe_acl(bus, probes, topic, allowed):
+    p = probes(bus.issue_token("myapp")).connect(bus.tcp_url)
+    assert p.subscribe(topic) == (1 if allowed else 0x87)
+
+
+def test_other_apps_topic_refused(bus, probes):
+    me = probes(bus.issue_token("myapp")).connect(bus.tcp_url)
+    them = probes(bus.issue_token("other", "svc2")).connect(bus.tcp_url)
+    assert them.subscribe("app/other/secret/#") == 1
+    # MQTT 5: SUBACK 0x87, and a QoS 1 publish is answered with PUBACK 0x87
+    assert me.subscribe("app/other/secret/#") == 0x87
+    with pytest.raises(PublishError, match=r"Not authorized \(reason code 0x87\)"):
+        me.publish("app/other/secret/x", b"intrusion", qos=1)
+    # QoS 0 cannot be answered: mosquitto drops it
+    me.publish("app/other/secret/y", b"intrusion", qos=0)
+    # MQTT 3.1.1: SUBACK 0x80, and the PUBACK cannot carry a reason: the
+    # publish "succeeds" and mosquitto 2.0.11 drops the message
+    old = probes(bus.issue_token("myapp"), protocol=mqtt.MQTTv311).connect(bus.tcp_url)
+    assert old.subscribe("app/other/secret/#") == 0x80
+    old.publish("app/other/secret/z", b"intrusion", qos=1)
+    them.publish("app/other/secret/mine", b"own")
+    assert them.messages.get(timeout=WAIT).payload == b"own"   # nothing before it
+    assert them.messages.empty()
+    log = wait_for_log(bus, "denied write 'app/other/secret/z'")
+    assert "Denied PUBLISH from {}".format(old.client_id) in log
+
+
+def sleep_past(token, secret):
+    """Sleep until token has expired; fail if it expired before this call
+    (the test's steps before it were too slow for the token's life)."""
+    left = verify_jwt(token, secret)["exp"] - time.time()   # raises if already expired
+    time.sleep(left + 0.3)
+
+
+def test_token_expiring_while_connected_loses_access(bus, probes):
+    token = bus.issue_token("myapp", ttl=3)
+    expiring = probes(token).connect(bus.tcp_url)
+    assert expiring.subscribe("app/myapp/expiry/#") == 1
+    expiring.publish("app/myapp/expiry/a", b"before")
+    assert expiring.messages.get(timeout=WAIT).payload == b"before"
+    other = probes(bus.issue_token("myapp")).connect(bus.tcp_url)
+    assert other.subscribe("app/myapp/expiry/#") == 1
+
+    sleep_past(token, bus.secret)
+    # still connected, but nothing is allowed any more: not to publish ...
+    assert expiring.client.is_connected()
+    with pytest.raises(PublishError, match="0x87"):
+        expiring.publish("app/myapp/expiry/b", b"after")
+    # ... nor to subscribe ...
+    assert expiring.subscribe("app/myapp/expiry2/#") == 0x87
+    # ... nor to receive on the subscription it made before
+    other.publish("app/myapp/expiry/c", b"for everyone")
+    assert other.messages.get(timeout=WAIT).payload == b"for everyone"
+    with pytest.raises(queue.Empty):
+        expiring.messages.get(timeout=0.5)
+    wait_for_log(bus, "token of client {} (app myapp) has expired".format(expiring.client_id))
+
+
+# -------------------------------------------------------------------- tokens
+def test_refresh_flow(bus, probes):
+    """A token from the REST endpoint expires, is refreshed through the
+    refresh endpoint, and a reconnect with the new one restores access."""
+    answer = bus.issue("myapp", "svc", ttl=3)
+    p = probes(answer["access_token"]).connect(bus.tcp_url)
+    assert p.subscribe("app/myapp/refresh/#") == 1
+    sleep_past(answer["access_token"], bus.secret)
+    with pytest.raises(PublishError):
+        p.publish("app/myapp/refresh/a", b"expired")
+
+    fresh = post_json(bus.api_url + "/api/platform/token/refresh_token",
+                      {"refreshToken": answer["refresh_token"], "appId": "myapp", "clientId": "svc",
+                       "clientSecret": "svc-secret"}, bearer=answer["access_token"])
+    assert fresh["access_token"] != answer["access_token"]
+    assert verify_jwt(fresh["access_token"], bus.secret)["appId"] == "myapp"
+    p.client.reauthenticate(fresh["access_token"], "sermas")
+    assert p.client.is_connected()
+    assert p.subscribe("app/myapp/refresh/#") == 1
+    p.publish("app/myapp/refresh/b", b"fresh")
+    assert p.messages.get(timeout=WAIT).payload == b"fresh"
+    # a refresh token works once
+    with pytest.raises(Exception, match="HTTP 401"):
+        post_json(bus.api_url + "/api/platform/token/refresh_token",
+                  {"refreshToken": answer["refresh_token"]})
+
+
+def test_client_credentials_and_user_login(bus, probes):
+    creds = ClientCredentials(bus.api_url, "myapp", "svc", "svc-secret")
+    token = creds.fetch()
+    assert token.claims["appId"] == "myapp" and token.claims["clientId"] == "svc"
+    p = probes(token.access_token).connect(bus.mqtt_url.replace("ws://", "http://"))
+    assert p.subscribe("app/myapp/x") == 1
+    token2 = creds.refresh(token)
+    assert any(path.endswith("/refresh_token") for path, _ in bus.token_server.requests)
+    assert token2.access_token != token.access_token
+
+    user = UserLogin(bus.api_url, "myapp", "alice", "alice-pw").fetch()
+    assert user.claims["kind"] == "user" and user.claims["sub"] == "alice"
+    u = probes(user.access_token, transport="websockets").connect(bus.mqtt_url)
+    assert u.subscribe("user/myapp/alice/#") == 1
+    assert u.subscribe("app/other/x") == 0x87
+
+
+def test_tls_listeners():
+    with LocalBus(apps=APPS, tls=True) as b:
+        assert os.path.isfile(b.ca_file)
+        for kind, transport in (("mqtts", "tcp"), ("wss", "websockets")):
+            p = Probe(b.issue_token("myapp"), transport=transport)
+            try:
+                p.client.tls_set(ca_certs=b.ca_file)
+                p.connect(b.url(kind))
+                assert p.subscribe("app/myapp/tls") == 1
+            finally:
+                p.close()
+            bad = Probe("garbage", transport=transport)
+            try:
+                bad.client.tls_set(ca_certs=b.ca_file)
+                with pytest.raises(NotAuthorizedError):
+                    bad.connect(b.url(kind))
+            finally:
+                bad.close()
+
+
+# ------------------------------------------------------------- pytest plugin
+def test_local_bus_fixture(local_bus, probes):
+    from sermas_bus import pytest_plugin as pp
+    assert local_bus.is_running()
+    token = ClientCredentials(local_bus.api_url, pp.DEFAULT_APP, pp.DEFAULT_CLIENT,
+                              pp.DEFAULT_CLIENT_SECRET).fetch()
+    p = probes(token.access_token, transport="websockets").connect(local_bus.mqtt_url)
+    topic = "app/{}/ui/status".format(pp.DEFAULT_APP)
+    assert p.subscribe(topic) == 1
+    p.publish(topic, b"hi")
+    assert p.messages.get(timeout=WAIT).payload == b"hi"
+
+
+def test_entry_point_is_declared():
+    pyproject = pathlib.Path(__file__).resolve().parent.parent / "pyproject.toml"
+    text = pyproject.read_text()
+    assert '[project.entry-points.pytest11]\nsermas_bus = "sermas_bus.pytest_plugin"' in text
+
+
+def _entry_point_installed():
+    return any(ep.name == "sermas_bus" and ep.value == "sermas_bus.pytest_plugin"
+               for ep in importlib.metadata.entry_points(group="pytest11"))
+
+
+def test_fixture_in_a_pytest_run(pytester):
+    """A project's test session gets ``local_bus`` from the plugin (the
+    entry point when the package is installed with it, else ``-p``) and
+    configures it through ``local_bus_config``."""
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def local_bus_config():
+            return {"apps": {"demo": {"clients": {"c": "s"}}}, "token_ttl": 60}
+    """)
+    pytester.makepyfile("""
+        import sermas_bus.client as mqtt
+        from sermas_bus.auth import ClientCredentials
+
+        BUSES = []
+
+        def test_connect(local_bus):
+            BUSES.append(local_bus)
+            token = ClientCredentials(local_bus.api_url, "demo", "c", "s").fetch()
+            assert 59 < token.seconds_left() <= 60
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+            c.username_pw_set(token.access_token, "sermas")
+            c.connect(local_bus.mqtt_url)
+            c.close()
+
+        def test_same_bus_for_the_session(local_bus):
+            assert BUSES == [local_bus]
+    """)
+    args = [] if _entry_point_installed() else ["-p", "sermas_bus.pytest_plugin"]
+    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
