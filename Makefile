@@ -25,7 +25,7 @@ test: install
 	$(VPY) -m pytest tests
 
 demo: install
-	$(VPY) -m sermas_bus.demo
+	$(VPY) -m sermas_bus demo
 
 bench: install
 	$(VPY) bench/run.py $(BENCH_ARGS)

@@ -1,74 +1,119 @@
-"""``python -m sermas_bus.demo``: the SERMAS documentation's scenario on a local broker.
+"""``sermas-bus demo`` / ``make demo``: the SERMAS documentation's scenario, end to end.
 
-Starts a throw-away mosquitto (websockets on /mqtt, as the platform serves
-it), connects a listener with QoS 1 + noLocal as the SERMAS docs do, lets a
-second client publish dialogue and UI events, prints what arrives and a
-summary.  (The JWT-authenticated LocalBus comes with the local-bus issue.)
+With no ``SERMAS_URL`` it starts a ``LocalBus`` (mosquitto with JWT
+authentication and the SERMAS ACL, plus the platform's token endpoints) and:
+
+1. a *listener* service gets a token from the REST endpoint, connects over
+   websockets (``ws://…/mqtt``) and subscribes with QoS 1 + noLocal;
+2. a *speaker* service publishes dialogue messages and UI events, with topic
+   parameters taken from the payloads;
+3. the listener prints what it receives; access tokens live a few seconds,
+   so both refresh them mid-run and reconnect with the new token;
+4. a summary: messages, loss, duplicates, refreshes, latency, throughput.
+
+With ``SERMAS_URL`` (and ``SERMAS_APP_ID``, ``SERMAS_CLIENT_ID``,
+``SERMAS_CLIENT_SECRET``) it runs the same scenario against that platform.
 """
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 import sys
 import threading
 import time
+from typing import Any, Dict, Iterator, List, Tuple
 
-from . import client as mqtt
-from .subscribeoptions import SubscribeOptions
-from .testing import Mosquitto
+from .sermas import SermasClient
 
 APP = "demo"
 
 
-def main(count: int = 2000) -> int:
-    with Mosquitto(tcp=False, websockets=True) as broker:
-        url = broker.url("ws").replace("ws://", "http://")   # as the SERMAS docs write it
-        print(f"local broker: {url}")
-        done = threading.Event()
-        latencies: list = []
-        received = 0
+@contextlib.contextmanager
+def _platform(token_ttl: float) -> Iterator[Tuple[Dict[str, Any], str]]:
+    """(client settings for listener and speaker, description)."""
+    url = os.environ.get("SERMAS_URL")
+    if url:
+        common = {"base_url": url, "app_id": os.environ.get("SERMAS_APP_ID"),
+                  "client_id": os.environ.get("SERMAS_CLIENT_ID"),
+                  "client_secret": os.environ.get("SERMAS_CLIENT_SECRET")}
+        if not all(common.values()):
+            raise SystemExit("SERMAS_URL is set: also set SERMAS_APP_ID, SERMAS_CLIENT_ID, SERMAS_CLIENT_SECRET")
+        yield {"listener": dict(common), "speaker": dict(common)}, f"the SERMAS platform at {url}"
+        return
+    from .testing import LocalBus
+    apps = {APP: {"clients": {"listener": "listener-secret", "speaker": "speaker-secret"}}}
+    with LocalBus(apps=apps, token_ttl=token_ttl) as bus:
+        def settings(who: str) -> Dict[str, Any]:
+            return {"base_url": bus.api_url, "app_id": APP, "client_id": who,
+                    "client_secret": f"{who}-secret", "mqtt_url": bus.mqtt_url}
+        yield ({"listener": settings("listener"), "speaker": settings("speaker")},
+               f"a local bus (broker {bus.mqtt_url}, API {bus.api_url}, tokens live {token_ttl:.0f} s)")
 
-        def on_message(msg):
-            nonlocal received
-            event = json.loads(msg.payload)
-            latencies.append(time.perf_counter() - event["sent"])
-            received += 1
-            if received <= 3 or received == count + 1:
-                print(f"  <- {msg.topic}: {event.get('text') or event.get('content')}")
-            if received == count + 1:
-                done.set()
 
-        listener = mqtt.Client(client_id="demo-listener", transport="websockets")
-        listener.username_pw_set("<JWT access token>", "sermas")
-        listener.on_message = on_message
-        listener.connect(url)
-        listener.loop_start()
-        options = SubscribeOptions(qos=1, noLocal=True)
-        listener.subscribe([(f"app/{APP}/dialogue/messages/+", options), (f"app/{APP}/ui/content", options)])
-        listener.publish(f"app/{APP}/ui/content", b'{"own": true}', qos=1).wait_for_publish(5)
+def main(duration: float = 6.0, rate: float = 2000.0, token_ttl: float = 4.0) -> int:
+    received: Dict[int, float] = {}
+    duplicates = 0
+    shown = 0
+    lock = threading.Lock()
 
-        speaker = mqtt.Client(client_id="demo-speaker", transport="websockets")
-        speaker.connect(url)
-        start = time.perf_counter()
-        last = None
-        for i in range(count):
-            event = {"appId": APP, "sessionId": "s1", "actor": "agent", "text": f"hello #{i}",
-                     "language": "en-GB", "messageId": f"m{i}", "sent": time.perf_counter()}
-            last = speaker.publish(f"app/{APP}/dialogue/messages/s1", json.dumps(event), qos=1)
-        ui = {"appId": APP, "content": "a UI card", "sent": time.perf_counter()}
-        speaker.publish(f"app/{APP}/ui/content", json.dumps(ui), qos=1).wait_for_publish(10)
-        last.wait_for_publish(10)
-        ok = done.wait(15)
-        elapsed = time.perf_counter() - start
-        speaker.close()
-        listener.close()
-        latencies.sort()
-        print(f"\nreceived {received} of {count + 1} events (own message filtered by noLocal: "
-              f"{'yes' if ok and received == count + 1 else 'NO'})")
-        if latencies:
-            print(f"throughput {received / elapsed:,.0f} events/s over websockets, QoS 1; "
-                  f"latency p50 {latencies[len(latencies) // 2] * 1e3:.2f} ms, "
-                  f"p99 {latencies[int(len(latencies) * 0.99)] * 1e3:.2f} ms")
-        return 0 if ok and received == count + 1 else 1
+    def on_event(event: Any, msg: Any) -> None:
+        nonlocal duplicates, shown
+        now = time.perf_counter()
+        with lock:
+            if event["seq"] in received:
+                duplicates += 1
+                return
+            received[event["seq"]] = now - event["sent"]
+            if shown < 4 or event.get("last"):
+                shown += 1
+                what = event.get("text") or event.get("content")
+                print(f"  <- {msg.name} {msg.params}: {what!r}", flush=True)
+
+    with _platform(token_ttl) as (settings, where):
+        print(f"sermas-bus demo on {where}")
+        margin = max(1.0, token_ttl / 2)
+        with SermasClient(**settings["listener"], refresh_margin=margin) as listener, \
+                SermasClient(**settings["speaker"], refresh_margin=margin) as speaker:
+            print(f"listener connected over {listener.mqtt_url} with a JWT from the REST API "
+                  f"(expires in {listener.token.seconds_left():.1f} s)")
+            listener.subscribe("dialogue.messages", on_event)          # QoS 1, noLocal
+            listener.subscribe("ui.content", on_event)
+            listener.publish("ui.content", {"seq": -1, "sent": time.perf_counter(), "content": "own"})
+
+            sent = 0
+            start = time.perf_counter()
+            interval = 1.0 / rate
+            while time.perf_counter() - start < duration:
+                now = time.perf_counter()
+                if sent % 10 == 9:
+                    speaker.publish("ui.content", {"seq": sent, "sent": now, "content": f"UI card #{sent}"})
+                else:
+                    speaker.publish("dialogue.messages", {"seq": sent, "sent": now, "sessionId": f"s{sent % 3}",
+                                                          "actor": "agent", "text": f"hello #{sent}"})
+                sent += 1
+                time.sleep(max(0.0, start + sent * interval - time.perf_counter()))
+            speaker.publish("dialogue.messages", {"seq": sent, "sent": time.perf_counter(), "sessionId": "s0",
+                                                  "actor": "agent", "text": "bye", "last": True}
+                            ).wait_for_publish(10)
+            sent += 1
+            elapsed = time.perf_counter() - start
+            deadline = time.monotonic() + 15
+            while len(received) < sent and time.monotonic() < deadline:
+                time.sleep(0.05)
+            refreshes = listener.refreshes + speaker.refreshes
+
+    lost = sent - len([s for s in received if s >= 0])
+    own = -1 in received
+    lat: List[float] = sorted(received.values())
+    print(f"\nsent {sent} events in {elapsed:.1f} s ({sent / elapsed:,.0f}/s), received {len(received)}, "
+          f"lost {lost}, duplicates {duplicates}, own message echoed: {'YES (noLocal broken)' if own else 'no'}")
+    print(f"token refreshes with reconnect: {refreshes}")
+    if lat:
+        print(f"latency p50 {lat[len(lat) // 2] * 1e3:.2f} ms, p99 {lat[int(len(lat) * 0.99)] * 1e3:.2f} ms")
+    # tokens of a real platform live minutes: a refresh is only expected locally
+    ok = lost == 0 and not own and (refreshes >= 1 or "SERMAS_URL" in os.environ)
+    print("demo: OK" if ok else "demo: FAILED")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
