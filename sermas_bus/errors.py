@@ -1,4 +1,4 @@
-"""The sermas_bus exception hierarchy (defined in the C core, re-exported here).
+"""The sermas_bus exception hierarchy (defined in the C core, re-exported here)::
 
     SermasBusError
      +-- ConnectError (also ConnectionError)     the connection could not be made

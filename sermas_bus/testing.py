@@ -169,18 +169,18 @@ class Mosquitto:
     Listeners (each enabled listener gets its own port attribute; disabled ones
     are ``None``):
 
-    ========  ============  =======================================================
-    kind      attribute     listener
-    ========  ============  =======================================================
-    tcp       ``port``      plain MQTT, anonymous (``tcp=True``)
-    ws        ``ws_port``   MQTT over websockets, anonymous (``websockets=True``)
-    mqtts     ``tls_port``  MQTT over TLS, anonymous (``tls=True``)
-    wss       ``wss_port``  MQTT over websockets over TLS, anonymous (``tls=True``)
-    auth      ``auth_port`` plain MQTT, ``allow_anonymous false`` + password file
-                            holding ``users`` (``auth_listener=True``)
-    mtls      ``mtls_port`` MQTT over TLS requiring a client certificate signed by
-                            ``ca_file`` (``mtls_listener=True``)
-    ========  ============  =======================================================
+    ========  ===============  =======================================================
+    kind      attribute        listener
+    ========  ===============  =======================================================
+    tcp       ``port``         plain MQTT, anonymous (``tcp=True``)
+    ws        ``ws_port``      MQTT over websockets, anonymous (``websockets=True``)
+    mqtts     ``tls_port``     MQTT over TLS, anonymous (``tls=True``)
+    wss       ``wss_port``     MQTT over websockets over TLS, anonymous (``tls=True``)
+    auth      ``auth_port``    plain MQTT, ``allow_anonymous false`` + password file
+                               holding ``users`` (``auth_listener=True``)
+    mtls      ``mtls_port``    MQTT over TLS requiring a client certificate signed by
+                               ``ca_file`` (``mtls_listener=True``)
+    ========  ===============  =======================================================
 
     TLS listeners present a server certificate for ``127.0.0.1`` and
     ``localhost`` signed by a throw-away CA (``ca_file``). ``client_cert`` /
