@@ -197,6 +197,32 @@ message_get_properties(sb_message *self, void *closure)
     return Py_XNewRef(self->properties);
 }
 
+/* MQTT 5 Subscription Identifiers of this delivery, without building a
+ * Properties object: lets a dispatcher route each copy to exactly the
+ * subscription it was sent for. */
+static PyObject *
+message_get_subscription_ids(sb_message *self, void *closure)
+{
+    PyObject *ids = PyList_New(0), *res;
+    Py_ssize_t i, n = self->props_pairs ? PyList_GET_SIZE(self->props_pairs) : 0;
+    if (ids == NULL)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(self->props_pairs, i);
+        long ident = PyLong_AsLong(PyTuple_GET_ITEM(pair, 0));
+        if (ident == -1 && PyErr_Occurred())
+            goto error;
+        if (ident == 11 /* SubscriptionIdentifier */ && PyList_Append(ids, PyTuple_GET_ITEM(pair, 1)) < 0)
+            goto error;
+    }
+    res = PyList_AsTuple(ids);
+    Py_DECREF(ids);
+    return res;
+error:
+    Py_DECREF(ids);
+    return NULL;
+}
+
 static int
 message_set_properties(sb_message *self, PyObject *value, void *closure)
 {
@@ -219,6 +245,8 @@ static PyGetSetDef message_getset[] = {
     {"payload", (getter)message_get_payload, (setter)message_set_payload, "The payload, bytes.", NULL},
     {"properties", (getter)message_get_properties, (setter)message_set_properties,
      "MQTT 5 properties (sermas_bus.properties.Properties) or None.", NULL},
+    {"subscription_ids", (getter)message_get_subscription_ids, NULL,
+     "MQTT 5 Subscription Identifiers the broker attached to this delivery (a tuple of int).", NULL},
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL}
 };

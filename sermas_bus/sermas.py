@@ -15,6 +15,7 @@ new token without losing QoS 1 messages::
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import queue as _queue
 import threading
@@ -74,6 +75,7 @@ class Subscription:
 
     def __init__(self, bus: "SermasClient", filter_: str, route: str, callback: Callable[..., Any]):
         self._bus, self.filter, self._route, self.callback = bus, filter_, route, callback
+        self._sid = 0
         self.active = True
 
     def unsubscribe(self) -> None:
@@ -124,7 +126,9 @@ class SermasClient:
         self._session_props.SessionExpiryInterval = int(session_expiry)
         self._client.on_message = self._dispatch
         self._routes = FilterTrie()                 # route filter -> Subscription (multimap, C)
-        self._broker_filters: Dict[str, int] = {}   # broker filter -> callbacks needing it
+        self._filter_ids: Dict[str, int] = {}       # broker filter -> its Subscription Identifier
+        self._by_sid: Dict[int, List[Subscription]] = {}   # identifier -> callbacks
+        self._next_sid = itertools.count(1)
         self._lock = threading.RLock()
         self._refresh_thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -275,11 +279,25 @@ class SermasClient:
         sub = Subscription(self, broker_filter, route, callback)
         with self._lock:
             self._routes.add(route, sub)
-            needed = self._broker_filters.get(broker_filter, 0)
-            self._broker_filters[broker_filter] = needed + 1
-        if needed == 0:
+            sid = self._filter_ids.get(broker_filter)
+            if sid is None:
+                # MQTT 5 Subscription Identifier: the broker sends one copy per
+                # matching subscription and tags each, so overlapping
+                # subscriptions do not deliver an event twice to a callback
+                sid = self._filter_ids[broker_filter] = next(self._next_sid)
+                self._by_sid[sid] = []
+                new = True
+            else:
+                new = False
+            self._by_sid[sid] = self._by_sid[sid] + [sub]
+            sub._sid = sid
+        if new:
             opts = SubscribeOptions(qos=qos, noLocal=no_local and share is None)
-            self._client.subscribe(broker_filter, options=opts)
+            props = None
+            if self._client.protocol == mqtt.MQTTv5:
+                props = Properties(PacketTypes.SUBSCRIBE)
+                props.SubscriptionIdentifier = sid
+            self._client.subscribe(broker_filter, options=opts, properties=props)
         return sub
 
     def on(self, target: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -292,12 +310,13 @@ class SermasClient:
     def _remove(self, sub: Subscription) -> None:
         with self._lock:
             self._routes.discard(sub._route, sub)
-            left = self._broker_filters.get(sub.filter, 1) - 1
-            if left > 0:
-                self._broker_filters[sub.filter] = left
+            left = [s for s in self._by_sid.get(sub._sid, []) if s is not sub]
+            if left:
+                self._by_sid[sub._sid] = left
             else:
-                self._broker_filters.pop(sub.filter, None)
-        if left <= 0:
+                self._by_sid.pop(sub._sid, None)
+                self._filter_ids.pop(sub.filter, None)
+        if not left:
             self._client.unsubscribe(sub.filter)
 
     def _dispatch(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -310,7 +329,12 @@ class SermasClient:
         match = _topics.match(topic)
         name, params = (match if match is not None else (None, {}))
         m = Message(msg, name, params, is_json)
-        for sub in self._routes.match(topic):
+        sids = msg.subscription_ids
+        if sids:   # exactly the subscriptions this copy was sent for
+            subs = [s for sid in sids for s in self._by_sid.get(sid, ())]
+        else:      # MQTT 3.1.1: no identifiers, route by topic
+            subs = self._routes.match(topic)
+        for sub in subs:
             try:
                 sub.callback(event, m)
             except Exception as exc:

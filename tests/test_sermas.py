@@ -142,12 +142,28 @@ def test_unsubscribe_removes_broker_subscription_only_when_unused(broker):
         pub.publish("ui.content", {"n": 2}).wait_for_publish(5)
         assert _wait(lambda: len(b) == 2)
         assert len(a) == 1
-        assert bus._broker_filters            # still subscribed at the broker for b
+        assert bus._filter_ids                # still subscribed at the broker for b
         sb.unsubscribe()
-        assert not bus._broker_filters
+        assert not bus._filter_ids
         pub.publish("ui.content", {"n": 3}).wait_for_publish(5)
         time.sleep(0.3)
         assert len(b) == 2
+
+
+def test_overlapping_subscriptions_deliver_each_event_once_per_callback(broker):
+    """The broker sends one copy per matching subscription; subscription
+    identifiers route each copy to its own callbacks only."""
+    a, b, c = [], [], []
+    with _bus(broker) as bus, _bus(broker) as pub:
+        bus.subscribe("dialogue.messages", lambda e, m: a.append(e["n"]))
+        bus.subscribe("dialogue.messages", lambda e, m: b.append(e["n"]), sessionId="s2")
+        bus.subscribe(f"app/{APP}/#", lambda e, m: c.append(e["n"]))
+        time.sleep(0.2)
+        pub.publish("dialogue.messages", {"n": 1}, sessionId="s1")
+        pub.publish("dialogue.messages", {"n": 2}, sessionId="s2").wait_for_publish(5)
+        assert _wait(lambda: len(c) >= 2 and len(a) >= 2 and len(b) >= 1)
+        time.sleep(0.3)
+    assert sorted(a) == [1, 2] and b == [2] and sorted(c) == [1, 2]
 
 
 def test_events_and_wait_for(broker):
