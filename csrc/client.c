@@ -99,12 +99,8 @@ check_usable_pid(sb_client *self, sb_state *st)
 static int
 check_usable(sb_client *self, sb_state *st)
 {
-    if (self->owner_pid != getpid()) {
-        PyErr_SetString(st->ForkError,
-                        "this client was created in the parent process and cannot be used after fork(); "
-                        "create clients after fork() (paho.mqtt.c's threads do not survive it)");
+    if (check_usable_pid(self, st) < 0)
         return -1;
-    }
     if (self->closing) {
         PyErr_SetString(st->ClosedError, "the client is closed; create a new one");
         return -1;
