@@ -14,6 +14,81 @@
 
 #include <string.h>
 
+/* paho.mqtt.c has ONE receive thread per process, shared by every client.
+ * When a client's queue is full that thread waits for room (back-pressure),
+ * so anything else waiting on it must be able to make the queue drain, or
+ * the process deadlocks.  The rules, checked by sb_cb_message_arrived:
+ *   - a thread of this client waits on the broker (subscribe, connect, ...):
+ *     do not wait (c->blocking);
+ *   - a thread that is dispatching callbacks (the consumer of some client)
+ *     waits on the broker: do not wait, that consumer cannot drain;
+ *   - some thread waits on the broker and this client has had no consumer
+ *     for 100 ms (no loop running): do not wait.
+ * Otherwise the consumer is alive and will make room: wait. */
+static int blocked_threads;       /* threads waiting on paho's receive thread */
+static int blocked_dispatchers;   /* ... of which are running some client's callbacks */
+static __thread int tls_dispatching;
+
+#define SB_UNATTENDED_S 0.1
+
+int
+sb_blocked_threads(void)
+{
+    return __atomic_load_n(&blocked_threads, __ATOMIC_ACQUIRE);
+}
+
+void
+sb_dispatching_enter(void)
+{
+    tls_dispatching++;
+}
+
+void
+sb_dispatching_leave(void)
+{
+    tls_dispatching--;
+}
+
+int
+sb_is_dispatching(void)
+{
+    return tls_dispatching > 0;
+}
+
+/* Caller holds c->mu. */
+void
+sb_blocking_enter_locked(sb_client *c)
+{
+    c->blocking++;
+    __atomic_add_fetch(&blocked_threads, 1, __ATOMIC_ACQ_REL);
+    if (tls_dispatching)
+        __atomic_add_fetch(&blocked_dispatchers, 1, __ATOMIC_ACQ_REL);
+    pthread_cond_broadcast(&c->space_cv);
+}
+
+void
+sb_blocking_leave_locked(sb_client *c)
+{
+    c->blocking--;
+    __atomic_sub_fetch(&blocked_threads, 1, __ATOMIC_ACQ_REL);
+    if (tls_dispatching)
+        __atomic_sub_fetch(&blocked_dispatchers, 1, __ATOMIC_ACQ_REL);
+}
+
+/* Caller holds c->mu: may paho's receive thread wait for room now? */
+static int
+may_wait_for_room(sb_client *c)
+{
+    if (c->closing || c->blocking > 0)
+        return 0;
+    if (__atomic_load_n(&blocked_dispatchers, __ATOMIC_ACQUIRE) > 0)
+        return 0;
+    if (sb_blocked_threads() > 0 && !c->dispatching && !c->consumer_waiting &&
+        sb_monotonic() - c->consumer_seen > SB_UNATTENDED_S)
+        return 0;   /* nobody consumes this client: do not hold the shared thread */
+    return 1;
+}
+
 /* messageArrived: take ownership of paho's message and queue it.
  *
  * Back-pressure: when the queue is full we wait for room, which stops paho's
@@ -36,10 +111,12 @@ sb_cb_message_arrived(void *ctx, char *topic, int topic_len, MQTTClient_message 
     ev->timestamp = sb_monotonic();
 
     pthread_mutex_lock(&c->mu);
-    if (c->qlen >= c->qmax && !c->closing && c->blocking == 0)
+    if (c->qlen >= c->qmax && may_wait_for_room(c))
         c->producer_waits++;
-    while (c->qlen >= c->qmax && !c->closing && c->blocking == 0)
-        pthread_cond_wait(&c->space_cv, &c->mu);
+    while (c->qlen >= c->qmax && may_wait_for_room(c)) {
+        /* in slices: the rules above can change without a signal to us */
+        sb_timed_wait(&c->space_cv, &c->mu, sb_monotonic() + 0.02);
+    }
     c->messages_in++;
     sb_queue_push_locked(c, ev);
     pthread_mutex_unlock(&c->mu);

@@ -496,7 +496,7 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
                   self->first_uri == NULL || strcmp(self->first_uri, a.uris[0]) != 0;
     pthread_mutex_lock(&self->mu);
     self->tls_error[0] = '\0';
-    self->blocking++;
+    sb_blocking_enter_locked(self);
     pthread_mutex_unlock(&self->mu);
 
     /* connect blocks on the network for up to `timeout`: release the GIL */
@@ -566,7 +566,7 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
     Py_END_ALLOW_THREADS
 
     pthread_mutex_lock(&self->mu);
-    self->blocking--;
+    sb_blocking_leave_locked(self);
     pthread_mutex_unlock(&self->mu);
 
     if (need_create) {
@@ -778,17 +778,18 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
     /* The thread running on_message must never wait (window room, socket
      * writes) while paho's receive thread waits for that same thread to drain
      * the queue: while it publishes, the receive thread may overfill instead. */
-    is_dispatcher = self->dispatching && pthread_equal(self->dispatch_tid, pthread_self());
+    is_dispatcher = sb_is_dispatching();   /* running callbacks of any client */
     if (++self->next_mid > 65535)
         self->next_mid = 1;
     mid = self->next_mid;
     if (!self->connected || self->handle == NULL)
         rc = MQTT_ERR_NO_CONN;
     else if (qos > 0) {
-        if (is_dispatcher) {
-            self->blocking++;
+        /* waiting for window room is waiting for PUBACKs, which paho's
+         * receive thread reads; so is a dispatcher's send */
+        if (is_dispatcher || self->inflight >= self->window) {
+            sb_blocking_enter_locked(self);
             blocked = 1;
-            pthread_cond_broadcast(&self->space_cv);
         }
         while (self->inflight >= self->window && self->connected && !self->closing) {
             self->window_waiters++;
@@ -801,9 +802,8 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
             self->inflight++;   /* reserve our place in the window */
     }
     else if (is_dispatcher) {
-        self->blocking++;
+        sb_blocking_enter_locked(self);
         blocked = 1;
-        pthread_cond_broadcast(&self->space_cv);
     }
     pthread_mutex_unlock(&self->mu);
 
@@ -819,7 +819,7 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
 
     pthread_mutex_lock(&self->mu);
     if (blocked)
-        self->blocking--;
+        sb_blocking_leave_locked(self);
     if (rc == MQTT_ERR_SUCCESS && paho_rc != MQTTCLIENT_SUCCESS) {
         if (qos > 0 && self->inflight > 0)
             self->inflight--;
@@ -914,7 +914,9 @@ conn_wait_published(sb_client *self, PyObject *args)
     while ((state = pub_state_locked(self, seq, token, &reason)) == SB_PUB_PENDING && !self->closing) {
         int r;
         self->pub_waiters++;
+        sb_blocking_enter_locked(self);   /* the PUBACK is read by paho's thread */
         r = sb_timed_wait(&self->pub_cv, &self->mu, deadline);
+        sb_blocking_leave_locked(self);
         self->pub_waiters--;
         if (r == ETIMEDOUT) {
             state = pub_state_locked(self, seq, token, &reason);
@@ -937,8 +939,7 @@ static void
 broker_wait_begin_nogil(sb_client *self)
 {
     pthread_mutex_lock(&self->mu);
-    self->blocking++;
-    pthread_cond_broadcast(&self->space_cv);
+    sb_blocking_enter_locked(self);
     pthread_mutex_unlock(&self->mu);
 }
 
@@ -946,7 +947,7 @@ static void
 broker_wait_end_nogil(sb_client *self)
 {
     pthread_mutex_lock(&self->mu);
-    self->blocking--;
+    sb_blocking_leave_locked(self);
     pthread_mutex_unlock(&self->mu);
 }
 
@@ -1120,8 +1121,7 @@ conn_disconnect(sb_client *self, PyObject *args)
      * DISCONNECT; both wait on the network: no GIL */
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->mu);
-    self->blocking++;
-    pthread_cond_broadcast(&self->space_cv);
+    sb_blocking_enter_locked(self);
     while (self->inflight > 0 && self->connected && timeout > 0) {
         int r;
         self->pub_waiters++;
@@ -1140,7 +1140,7 @@ conn_disconnect(sb_client *self, PyObject *args)
             MQTTClient_disconnect(self->handle, 0);
     }
     pthread_mutex_lock(&self->mu);
-    self->blocking--;
+    sb_blocking_leave_locked(self);
     sb_mark_pending_lost_locked(self);
     pthread_mutex_unlock(&self->mu);
     Py_END_ALLOW_THREADS
@@ -1215,6 +1215,7 @@ conn_pump(sb_client *self, PyObject *args)
             break;
     }
     batch = sb_queue_take_locked(self, max_batch, &nmsgs);
+    self->consumer_seen = sb_monotonic();
     pthread_mutex_unlock(&self->mu);
     Py_END_ALLOW_THREADS
 
@@ -1223,7 +1224,7 @@ conn_pump(sb_client *self, PyObject *args)
         goto fail;
     pthread_mutex_lock(&self->mu);
     self->dispatching++;
-    self->dispatch_tid = pthread_self();
+    sb_dispatching_enter();
     pthread_mutex_unlock(&self->mu);
     {
         Py_ssize_t k;
@@ -1238,6 +1239,8 @@ conn_pump(sb_client *self, PyObject *args)
             pthread_mutex_lock(&self->mu);
             sb_queue_requeue_front_locked(self, batch, nmsgs);
             self->dispatching--;
+            self->consumer_seen = sb_monotonic();
+            sb_dispatching_leave();
             pthread_mutex_unlock(&self->mu);
             return events;
         }
@@ -1301,14 +1304,18 @@ conn_pump(sb_client *self, PyObject *args)
     }
     pthread_mutex_lock(&self->mu);
     self->dispatching--;
+    self->consumer_seen = sb_monotonic();
     pthread_mutex_unlock(&self->mu);
+    sb_dispatching_leave();
     return events;
 
 fail:
     if (events != NULL) {
         pthread_mutex_lock(&self->mu);
         self->dispatching--;
+        self->consumer_seen = sb_monotonic();
         pthread_mutex_unlock(&self->mu);
+        sb_dispatching_leave();
     }
     /* nothing is lost: undelivered events go back to the front of the queue */
     if (batch) {

@@ -155,7 +155,7 @@ typedef struct {
     volatile unsigned interrupts; /* bumped by interrupt(): pump() returns early */
     int spin_us;                /* consumer polls this long before sleeping */
     int dispatching;            /* >0 while pump() runs callbacks */
-    pthread_t dispatch_tid;     /* the thread running them */
+    double consumer_seen;       /* last time a consumer waited in or left pump() */
     int efd;                    /* eventfd: readable while the queue is non-empty */
     int efd_armed;
     unsigned inflight, window;
@@ -187,6 +187,12 @@ void sb_cb_published(void *ctx, int dt, int packet_type, MQTTProperties *props,
                      enum MQTTReasonCodes rc);
 int sb_cb_ssl_error(const char *str, size_t len, void *ctx);
 void sb_mark_pending_lost_locked(sb_client *c);
+int sb_blocked_threads(void);
+void sb_dispatching_enter(void);                /* this thread runs callbacks */
+void sb_dispatching_leave(void);
+int sb_is_dispatching(void);
+void sb_blocking_enter_locked(sb_client *c);   /* a thread waits on paho's receive thread */
+void sb_blocking_leave_locked(sb_client *c);
 
 /* message.c */
 extern PyType_Spec sb_message_spec;

@@ -984,3 +984,22 @@ def test_fork_before_connecting_child_can_use_a_new_client(broker, tmp_path):
     """))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_full_queue_in_one_client_does_not_deadlock_another(quiet_broker, make_client, unique_topic):
+    """paho.mqtt.c has ONE receive thread per process.  A client whose inbound
+    queue is full (its loop not running) must not stop another client of the
+    same process from getting its PUBACKs: the writer's window wait would
+    otherwise hang for ever.  Nothing is lost for the reader either."""
+    topic = unique_topic + "shared-thread"
+    reader = make_client(queue_max=50)
+    reader.connect(quiet_broker.url("tcp"))
+    reader.subscribe(topic, 1)                       # no loop: its queue fills up
+    writer = make_client()
+    writer.connect(quiet_broker.url("tcp"))
+    infos = [writer.publish(topic, b"%d" % i, qos=1) for i in range(300)]
+    for info in infos:
+        info.wait_for_publish(10)                    # hung here before the fix
+    got = [int(m.payload) for m in reader.messages(timeout=5, max_messages=300)]
+    assert got == list(range(300))
