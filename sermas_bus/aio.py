@@ -1,6 +1,6 @@
-"""asyncio face of sermas_bus: ``AsyncClient``.
+"""asyncio face of sermas_bus: ``AsyncClient`` and ``AsyncSermasClient``.
 
-It sits on the same connection and C queue as the threaded API; there is no
+Both sit on the same connection and C queue as the threaded API; there is no
 second implementation and no receive thread of our own::
 
     async with AsyncClient(host="mqtt://localhost:1883") as c:
@@ -19,7 +19,8 @@ How (see docs/asyncio.md):
   event of its message id; ``lost``/``disconnected``/``connected`` events
   settle what is left exactly as ``wait_for_publish`` would.
 * What blocks on the broker (connect, reconnect with back-off,
-  subscribe/unsubscribe until SUBACK/UNSUBACK, disconnect, close) runs in the loop's default executor; the C core releases the GIL.
+  subscribe/unsubscribe until SUBACK/UNSUBACK, disconnect, close, token
+  refresh) runs in the loop's default executor; the C core releases the GIL.
 * Callbacks run on the event loop; a callback that returns an awaitable
   (``async def``) is scheduled as a task.
 """
@@ -44,7 +45,7 @@ from .errors import ClosedError, ConnectionLostError, NotConnectedError
 from .errors import TimeoutError as SbTimeoutError
 from .matcher import TopicMatcher, validate_topic_filter
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "AsyncSermasClient", "AsyncSubscription", "EventStream"]
 
 logger = logging.getLogger("sermas_bus")
 
@@ -611,3 +612,373 @@ class _MessageIterator:
         self._count += 1
         return msg
 
+
+# ---------------------------------------------------------------------------
+# AsyncSermasClient
+# ---------------------------------------------------------------------------
+
+class AsyncSubscription:
+    """What ``AsyncSermasClient.subscribe`` returns.  The callback is routed at
+    once; the broker subscription is sent in an executor thread, in call order
+    with the other (un)subscriptions.  ``await sub`` waits for the SUBACK
+    (and raises what subscribing raised); ``await sub.unsubscribe()``."""
+
+    def __init__(self, owner: "AsyncSermasClient", filter_: str, callback: Callable[..., Any]):
+        self._owner = owner
+        self.filter = filter_
+        self.callback = callback
+        self.active = True
+        self._sub: Any = None             # the SermasClient Subscription, once made
+        self._done: Optional[Awaitable[Any]] = None
+
+    def __await__(self) -> Any:
+        if self._done is not None:
+            yield from self._done.__await__()
+        return self
+
+    def unsubscribe(self) -> Awaitable[None]:
+        """Remove the callback (and the broker subscription once unused)."""
+        if not self.active:
+            return _DONE
+        self.active = False
+
+        def op() -> None:
+            if self._sub is not None:
+                self._sub.unsubscribe()
+        return self._owner._run_op(op, f"unsubscribe {self.filter!r}")
+
+    def __repr__(self) -> str:
+        return f"<AsyncSubscription {self.filter} active={self.active}>"
+
+
+class _Done:
+    """An awaitable that is already done (no coroutine left un-awaited if ignored)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return None
+        yield   # noqa: unreachable - makes this a generator
+
+
+_DONE = _Done()
+
+
+class EventStream:
+    """``bus.events(...)``: an async iterator of ``(event, message)``.  It
+    subscribes when created; ``async with`` waits for the SUBACK on enter (so
+    nothing published after it is missed) and unsubscribes on exit, as does
+    reaching ``timeout`` / ``max_events`` or ``aclose()``."""
+
+    def __init__(self, owner: "AsyncSermasClient", target: str, timeout: Optional[float],
+                 max_events: Optional[int], params: Dict[str, Any]):
+        self._timeout, self._max, self._count = timeout, max_events, 0
+        self._items: Deque[Tuple[Any, Any]] = collections.deque()
+        self._waiter: Optional["asyncio.Future[None]"] = None
+        self._closed = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        self._sub = owner.subscribe(target, self._put, **params)
+
+    def _put(self, event: Any, msg: Any) -> None:
+        self._items.append((event, msg))
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _next(self, timeout: Optional[float]) -> Optional[Tuple[Any, Any]]:
+        await self._sub
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not self._items:
+            if self._closed:
+                return None
+            w = self._waiter = loop.create_future()
+            timer = None
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    return None
+                timer = loop.call_later(left, _set_if_pending, w)
+            try:
+                await w
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        return self._items.popleft()
+
+    def __aiter__(self) -> "EventStream":
+        return self
+
+    async def __anext__(self) -> Tuple[Any, Any]:
+        item = None
+        if not self._closed and (self._max is None or self._count < self._max):
+            item = await self._next(self._timeout)
+        if item is None:
+            await self.aclose()
+            raise StopAsyncIteration
+        self._count += 1
+        return item
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            w = self._waiter
+            if w is not None and not w.done():
+                w.set_result(None)
+            await self._sub.unsubscribe()
+
+    async def __aenter__(self) -> "EventStream":
+        await self._sub
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # abandoned (e.g. ``break`` out of ``async for``): unsubscribe on its loop
+        sub = getattr(self, "_sub", None)
+        if not getattr(self, "_closed", True) and sub is not None and sub.active and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(sub.unsubscribe)
+            except Exception:   # the loop is closed: the client is going away too
+                pass
+
+
+class AsyncSermasClient:
+    """The asyncio twin of ``sermas_bus.SermasClient`` (same constructor)::
+
+        async with AsyncSermasClient("http://localhost:8080", app_id="myapp",
+                                     client_id="svc", client_secret="...") as bus:
+            @bus.on("dialogue.messages", sessionId="s1")
+            async def said(event, msg):
+                await bus.publish("dialogue.messages", {"sessionId": "s1", "text": "ok"})
+
+            async for event, msg in bus.events("session.sessionChanged", timeout=30):
+                ...
+
+    It drives a SermasClient's connection from the event loop (no loop thread,
+    no token thread): topics, JSON, routing and token refresh are
+    SermasClient's own code; what blocks runs in the default executor."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        from .sermas import SermasClient   # not needed by AsyncClient users
+        self._bus = SermasClient(*args, **kwargs)
+        self._aio = AsyncClient._wrap(self._bus.client, self._bus.close)
+        self._refresh_task: Optional["asyncio.Task[None]"] = None
+        self._refresh_job: Optional["asyncio.Future[Any]"] = None
+        self._ops_lock: Optional[asyncio.Lock] = None
+        self._ops_loop: Optional[asyncio.AbstractEventLoop] = None
+        self._ops: "set[asyncio.Task[Any]]" = set()
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    def _connect_blocking(self) -> None:
+        # SermasClient.connect() without its loop and refresher threads
+        from .sermas import PASSWORD_PLACEHOLDER
+        bus = self._bus
+        if bus._source is not None:
+            bus._token = bus._source.fetch()
+            bus.client.username_pw_set(bus._token.access_token, PASSWORD_PLACEHOLDER)
+        bus.client.connect(bus.mqtt_url, properties=bus._session_props)
+
+    async def connect(self) -> "AsyncSermasClient":
+        """Fetch a token (with credentials), connect, and keep the token fresh
+        from a task (the refresh itself runs in an executor thread)."""
+        loop = self._aio._ensure_attached()
+        await loop.run_in_executor(None, self._connect_blocking)
+        token = self._bus.token
+        if token is not None and token.expires_at is not None and self._refresh_task is None:
+            self._refresh_task = loop.create_task(self._refresh_loop())
+        return self
+
+    async def _refresh_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        bus, delay = self._bus, 1.0
+        while True:
+            token = bus.token
+            left = token.seconds_left() if token is not None else None
+            if left is None:
+                return
+            await asyncio.sleep(max(0.0, left - bus.refresh_margin))
+            try:
+                self._refresh_job = loop.run_in_executor(None, bus.refresh_token)
+                await self._refresh_job
+                delay = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # keep trying: the broker cuts us off at exp otherwise
+                logger.warning("token refresh failed: %s; retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+            finally:
+                self._refresh_job = None
+
+    async def refresh_token(self) -> Any:
+        """Refresh now and reconnect with the new token (SermasClient.refresh_token
+        in an executor thread)."""
+        return await self._aio._in_executor(self._bus.refresh_token)
+
+    async def close(self) -> None:
+        task, job = self._refresh_task, self._refresh_job
+        self._refresh_task = None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        if job is not None and not job.done():
+            await asyncio.wait([job])     # let a reconnect in progress finish before closing
+        ops = [t for t in self._ops if t is not asyncio.current_task()]
+        if ops:
+            await asyncio.wait(ops)       # (un)subscriptions in flight finish first
+        await self._aio.close()
+
+    async def __aenter__(self) -> "AsyncSermasClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    @property
+    def sync(self) -> Any:
+        """The underlying SermasClient (its blocking methods block the loop)."""
+        return self._bus
+
+    @property
+    def client(self) -> Client:
+        return self._bus.client
+
+    @property
+    def app_id(self) -> str:
+        return self._bus.app_id
+
+    @property
+    def token(self) -> Any:
+        return self._bus.token
+
+    @property
+    def refreshes(self) -> int:
+        return self._bus.refreshes
+
+    def is_connected(self) -> bool:
+        return self._bus.is_connected()
+
+    def topic(self, target: str, payload: Any = None, subscribe: bool = False, **params: Any) -> str:
+        return self._bus.topic(target, payload, subscribe, **params)
+
+    # ---- publish ------------------------------------------------------------
+
+    async def publish(self, target: str, payload: Any = None, qos: int = 1, retain: bool = False,
+                      properties: Any = None, *, timeout: Optional[float] = None,
+                      **params: Any) -> MQTTMessageInfo:
+        """Publish an event (see SermasClient.publish) and, at QoS>0, wait for
+        the broker's acknowledgement (``timeout``: as AsyncClient.publish).
+        Waits (up to connect_timeout) through a reconnect instead of failing."""
+        bus = self._bus
+        topic = bus.topic(target, payload, **params)
+        data = bus._encode(payload)
+        deadline = time.monotonic() + bus.connect_timeout
+        while True:
+            try:
+                return await self._aio.publish(topic, data, qos, retain, properties, timeout=timeout)
+            except NotConnectedError:
+                if time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(0.005)   # reconnecting (token refresh or network)
+
+    # ---- subscribe ----------------------------------------------------------
+
+    def _run_op(self, op: Callable[[], Any], what: str) -> Awaitable[Any]:
+        """Run a (possibly blocking) subscription change: in an executor thread,
+        in call order, from a running loop; directly without one (then the
+        client is not connected and nothing blocks)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            op()
+            return _DONE
+        loop = self._aio._ensure_attached()
+        if self._ops_loop is not loop:
+            self._ops_lock, self._ops_loop = asyncio.Lock(), loop
+        lock = self._ops_lock
+        assert lock is not None
+
+        async def ordered() -> Any:
+            async with lock:          # FIFO: ops start in the order they were asked for
+                return await loop.run_in_executor(None, op)
+
+        task = loop.create_task(ordered())
+        self._ops.add(task)         # the loop keeps only weak references to tasks
+        task.add_done_callback(self._ops.discard)
+        task.add_done_callback(functools.partial(_log_op_failure, what))
+        return task
+
+    def subscribe(self, target: str, callback: Callable[..., Any], qos: int = 1, no_local: bool = True,
+                  share: Optional[str] = None, **params: Any) -> AsyncSubscription:
+        """Call ``callback(event, message)`` for events on ``target`` (name,
+        template or filter); an ``async def`` callback runs as a task.  Returns
+        at once; ``await`` the result to wait for the broker's SUBACK."""
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        filter_ = self._bus.topic(target, None, subscribe=True, **params)   # bad names/params raise here
+        if share is not None and (not share or any(c in share for c in "/+#")):
+            raise ValueError(f"invalid share group {share!r}: must be non-empty without '/', '+', '#'")
+        aio = self._aio
+
+        def call(event: Any, msg: Any) -> None:
+            result = callback(event, msg)
+            if result is not None and inspect.isawaitable(result):
+                aio._spawn(result, f"SERMAS callback for {filter_}")
+
+        handle = AsyncSubscription(self, f"$share/{share}/{filter_}" if share else filter_, callback)
+
+        def op() -> None:
+            if handle.active:
+                handle._sub = self._bus.subscribe(target, call, qos, no_local, share, **params)
+        handle._done = self._run_op(op, f"subscribe {handle.filter!r}")
+        return handle
+
+    def on(self, target: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator form of ``subscribe``."""
+        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+            self.subscribe(target, func, **kwargs)
+            return func
+        return decorator
+
+    def events(self, target: str, timeout: Optional[float] = None, max_events: Optional[int] = None,
+               **params: Any) -> EventStream:
+        """``async for event, msg in bus.events(...)``: stops after ``timeout`` s
+        without an event (None: never) or after ``max_events``.  Use
+        ``async with bus.events(...) as stream`` to be subscribed before you
+        trigger what you wait for."""
+        return EventStream(self, target, timeout, max_events, params)
+
+    async def wait_for(self, target: str, predicate: Optional[Callable[[Any], Any]] = None,
+                       timeout: float = 10.0, **params: Any) -> Any:
+        """The first event on ``target`` for which ``predicate(event)`` (sync or
+        async) is true; raises sermas_bus.errors.TimeoutError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self.events(target, **params) as stream:
+            while True:
+                item = await stream._next(max(0.0, deadline - loop.time()))
+                if item is None:
+                    break
+                ok = True if predicate is None else predicate(item[0])
+                if inspect.isawaitable(ok):
+                    ok = await ok
+                if ok:
+                    return item[0]
+        raise SbTimeoutError(f"no matching event on {target!r} within {timeout} s")
+
+    def __repr__(self) -> str:
+        state = "connected" if self.is_connected() else "disconnected"
+        return f"<sermas_bus.aio.AsyncSermasClient app={self.app_id!r} {state}>"
+
+
+def _log_op_failure(what: str, task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("%s failed: %s", what, task.exception())

@@ -12,7 +12,7 @@ import pytest
 
 import sermas_bus.client as mqtt
 from sermas_bus import errors
-from sermas_bus.aio import AsyncClient
+from sermas_bus.aio import AsyncClient, AsyncSermasClient
 from sermas_bus.testing import Mosquitto
 
 
@@ -556,3 +556,157 @@ def test_bad_arguments_raise_before_anything_is_sent(broker):
 
     run(main())
 
+
+# ---------------------------------------------------------------------------
+# AsyncSermasClient
+# ---------------------------------------------------------------------------
+
+APP = "testapp"
+
+
+def _abus(broker, tokens=None, **kw):
+    kw.setdefault("mqtt_url", broker.url("ws"))
+    base = tokens.url if tokens is not None else "http://127.0.0.1:9"
+    return AsyncSermasClient(base, app_id=APP, **kw)
+
+
+async def _until(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return pred()
+
+
+@pytest.mark.timeout(30)
+def test_sermas_publish_and_subscribe_with_async_and_sync_callbacks(broker):
+    seen, raw, agent = [], [], []
+    early = _abus(broker)
+
+    @early.on("dialogue.messages", sessionId="s1")      # no event loop yet, not connected
+    async def said(event, msg):
+        await asyncio.sleep(0)
+        seen.append(("async", event["text"], msg.name, msg.params["sessionId"]))
+
+    async def main():
+        early.subscribe("dialogue.agentSpeech", lambda e, m: agent.append(e))   # loop running, not connected
+        async with early as bus, _abus(broker) as pub:
+            sub = await bus.subscribe("ui.content", lambda e, m: raw.append(e))
+            assert sub.active and sub.filter == f"app/{APP}/ui/content"
+            info = await pub.publish("dialogue.messages", {"sessionId": "s1", "text": "hi"})
+            assert info.is_published()                           # awaited the PUBACK
+            await pub.publish("dialogue.messages", {"text": "other session"}, sessionId="s2")
+            await pub.publish("ui.content", b"\x00raw")
+            await pub.publish("dialogue.agentSpeech", b"audio", sessionId="s1", messageId="m", chunkId="c")
+            assert await _until(lambda: seen and raw and agent)
+            await sub.unsubscribe()
+            await pub.publish("ui.content", b"after unsubscribe")
+            await pub.publish("dialogue.messages", {"text": "again"}, sessionId="s1")
+            assert await _until(lambda: len(seen) == 2)
+            await asyncio.sleep(0.1)
+            with pytest.raises(ValueError, match="sessionId"):
+                await pub.publish("dialogue.messages", {"text": "no session"})
+
+    run(main())
+    assert agent == [b"audio"]
+    assert seen == [("async", "hi", "dialogue.messages", "s1"), ("async", "again", "dialogue.messages", "s1")]
+    assert raw == [b"\x00raw"]
+
+
+@pytest.mark.timeout(30)
+def test_sermas_events_and_wait_for(broker):
+    async def main():
+        async with _abus(broker) as bus, _abus(broker) as pub:
+            async def later(delay=0.1):
+                await asyncio.sleep(delay)
+                for i in range(5):
+                    await pub.publish("session.sessionChanged", {"sessionId": f"s{i}", "i": i})
+
+            async with bus.events("session.sessionChanged", timeout=5, max_events=5) as stream:
+                task = asyncio.create_task(later(0))             # subscribed already: nothing missed
+                got = [(e["i"], m.params["sessionId"]) async for e, m in stream]
+                await task
+            assert got == [(i, f"s{i}") for i in range(5)]
+
+            task = asyncio.create_task(later(0.3))
+            event = await bus.wait_for("session.sessionChanged", lambda e: e["i"] == 3, timeout=10)
+            await task
+            assert event["i"] == 3
+
+            async def is_four(e):
+                return e["i"] == 4
+            task = asyncio.create_task(later(0.3))
+            assert (await bus.wait_for("session.sessionChanged", is_four, timeout=10))["i"] == 4
+            await task
+
+            started = time.monotonic()
+            with pytest.raises(errors.TimeoutError):
+                await bus.wait_for("xr.occlusion", timeout=0.3)
+            assert time.monotonic() - started < 2
+            # the temporary subscriptions are gone
+            assert bus.sync._broker_filters == {}
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_sermas_event_stream_cancelled_mid_stream(broker):
+    async def main():
+        async with _abus(broker) as bus, _abus(broker) as pub:
+            stream = bus.events("session.sessionChanged")
+            await stream.__aenter__()
+            for i in range(6):
+                await pub.publish("session.sessionChanged", {"sessionId": "s", "i": i})
+            taken = []
+
+            async def consume():
+                async for e, _m in stream:
+                    taken.append(e["i"])
+                    if len(taken) == 2:
+                        await asyncio.sleep(3600)
+
+            task = asyncio.create_task(consume())
+            assert await _until(lambda: len(taken) == 2)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            rest = []
+            while len(rest) < 4:
+                e, _m = await stream.__anext__()
+                rest.append(e["i"])
+            await stream.aclose()
+            return taken, rest
+
+    assert run(main()) == ([0, 1], [2, 3, 4, 5])
+
+
+@pytest.fixture
+def tokens():
+    from sermas_bus.tokens import TokenServer
+    with TokenServer(ttl=300, clients={(APP, "svc"): "s3cret"}) as ts:
+        yield ts
+
+
+@pytest.mark.timeout(60)
+def test_sermas_token_refresh_in_an_executor_loses_no_qos1(tokens):
+    """Tokens live 3 s and are refreshed 2 s before exp: the reconnect with
+    the new token runs off the loop while QoS 1 events stream in."""
+    tokens.ttl = 3.0
+    n = 1000
+
+    async def main(broker):
+        got = []
+        async with _abus(broker, tokens, client_id="svc", client_secret="s3cret", refresh_margin=2.0) as bus, \
+                _abus(broker) as pub:
+            first = bus.token.access_token
+            await bus.subscribe("dialogue.messages", lambda e, m: got.append(e["i"]), sessionId="stream")
+            with Ticker() as ticker:
+                for i in range(n):
+                    await pub.publish("dialogue.messages", {"i": i}, sessionId="stream")
+                    await asyncio.sleep(0.002)
+                assert await _until(lambda: len(set(got)) == n, timeout=20), f"missing {n - len(set(got))}"
+            assert bus.refreshes >= 1 and bus.token.access_token != first
+            return got, ticker, first, bus.token.access_token
+
+    with Mosquitto(tcp=True, websockets=True, log_type="warning") as broker:
+        got, ticker, first, last = run(main(broker))
+    assert sorted(set(got)) == list(range(n))
+    assert ticker.max_gap < 0.1, f"the event loop stalled for {ticker.max_gap * 1000:.1f} ms"
