@@ -136,6 +136,30 @@ def test_client_made_inside_a_running_loop_and_outside_one(broker, unique_topic)
     assert run(notebook()) == b"from-outside"
 
 
+@pytest.mark.timeout(120)
+def test_inside_a_jupyter_kernel(broker, unique_topic):
+    """Top-level await across notebook cells, on the kernel's own running loop."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    import sermas_bus
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sermas_bus.__file__)))
+    cells = [
+        f"import sys; sys.path.insert(0, {root!r})\n"
+        "import sermas_bus, asyncio\nfrom sermas_bus.aio import AsyncClient\n"
+        "assert asyncio.get_running_loop().is_running()",
+        f"c = AsyncClient()\nawait c.connect({broker.url('tcp')!r})\nawait c.subscribe({unique_topic + '#'!r})",
+        f"info = await c.publish({unique_topic + 'nb'!r}, b'from a notebook')\nassert info.is_published()",
+        "got = [m.payload async for m in c.messages(timeout=5, max_messages=1)]\n"
+        "await c.close()\nprint(sermas_bus.__file__, got)",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in cells])
+    nbclient.NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    out = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+    assert out.strip() == f"{os.path.join(root, 'sermas_bus', '__init__.py')} [b'from a notebook']"
+
+
 # ---------------------------------------------------------------------------
 # await publish
 # ---------------------------------------------------------------------------
