@@ -667,7 +667,7 @@ def test_sermas_events_and_wait_for(broker):
                 await bus.wait_for("xr.occlusion", timeout=0.3)
             assert time.monotonic() - started < 2
             # the temporary subscriptions are gone
-            assert bus.sync._broker_filters == {}
+            assert bus.sync._filter_ids == {}
 
     run(main())
 
