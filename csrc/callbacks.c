@@ -231,6 +231,7 @@ sb_cb_connection_lost(void *ctx, char *cause)
     (void)cause;   /* paho always passes NULL here */
     pthread_mutex_lock(&c->mu);
     c->connected = 0;
+    c->sock_fd = -1;        /* paho closes it; the number may be reused */
     sb_mark_pending_lost_locked(c);
     if (ev) {
         ev->kind = SB_EV_LOST;

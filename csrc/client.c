@@ -138,6 +138,7 @@ conn_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     self->owner_pid = getpid();
     self->qmax = queue_max;
     self->nodelay = 1;
+    self->sock_fd = -1;
     self->window = 20;
     self->next_mid = 0;
     self->client_id = raw_utf8(client_id, "client_id");
@@ -183,6 +184,7 @@ conn_close_impl(sb_client *self)
     pthread_mutex_lock(&self->mu);
     self->closing = 1;
     was_connected = self->connected;
+    self->sock_fd = -1;
     self->connected = 0;
     pthread_cond_broadcast(&self->space_cv);   /* a blocked producer must let go */
     pthread_cond_broadcast(&self->ev_cv);
@@ -539,8 +541,7 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
             returned_version = opts.returned.MQTTVersion;
             if (opts.returned.serverURI)
                 snprintf(returned_uri, sizeof returned_uri, "%s", opts.returned.serverURI);
-            if (self->nodelay)
-                sb_nodelay_new_sockets(before, nbits, returned_uri);
+            self->sock_fd = sb_find_broker_socket(before, nbits, returned_uri, self->nodelay);
             /* which of our QoS>0 publishes does paho still hold (resumed session)? */
             if (MQTTClient_getPendingDeliveryTokens(self->handle, &tokens) == MQTTCLIENT_SUCCESS && tokens)
                 while (tokens[ntok] != -1)
@@ -808,6 +809,14 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
     pthread_mutex_unlock(&self->mu);
 
     if (rc == MQTT_ERR_SUCCESS) {
+        /* every 64 publishes (or for a big one) make sure the kernel can take
+         * the write now, so paho never finds a half-written packet and
+         * sleeps 100 ms (the fd is only a hint: worst case a needless poll) */
+        int fd = self->sock_fd;
+        if (fd >= 0 && (++self->pubs_since_poll >= 64 || buf.len > 4096)) {
+            self->pubs_since_poll = 0;
+            sb_wait_writable(fd, 1000);
+        }
         if (self->mqtt_version >= MQTTVERSION_5) {
             resp = MQTTClient_publish5(self->handle, t, (int)buf.len, buf.buf, qos, retain,
                                        &mprops, &token);
@@ -1131,6 +1140,7 @@ conn_disconnect(sb_client *self, PyObject *args)
             break;
     }
     was_connected = self->connected;
+    self->sock_fd = -1;
     self->connected = 0;
     pthread_mutex_unlock(&self->mu);
     if (was_connected) {

@@ -136,6 +136,8 @@ typedef struct {
     char *client_id;            /* PyMem_Raw copy, for re-creating the handle */
     char *first_uri;
     int nodelay;                /* set TCP_NODELAY on the broker socket at connect */
+    int sock_fd;                /* paho's broker socket, -1 if unknown (a hint only) */
+    unsigned pubs_since_poll;   /* publishes since the last writability check */
 
     /* Everything below is shared with paho's threads and guarded by mu. */
     pthread_mutex_t mu;
@@ -214,9 +216,10 @@ PyObject *sb_raise_connect_failure(sb_state *st, const char *uris, int mqtt_vers
                                    int rc, int reason, const char *tls_error);
 const char *sb_reason_text(int reason);
 
-/* sockopt.c: TCP_NODELAY on paho's broker socket (no GIL needed) */
+/* sockopt.c: paho's broker socket: TCP_NODELAY, writability (no GIL needed) */
 unsigned char *sb_socket_fds_snapshot(int *nbits);
-int sb_nodelay_new_sockets(const unsigned char *before, int nbits, const char *server_uri);
+int sb_find_broker_socket(const unsigned char *before, int nbits, const char *server_uri, int nodelay);
+void sb_wait_writable(int fd, int timeout_ms);
 
 /* client.c */
 extern PyType_Spec sb_connection_spec;

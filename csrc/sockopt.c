@@ -1,5 +1,6 @@
 /*
- * sockopt.c - switch off Nagle's algorithm on paho's broker socket.
+ * sockopt.c - find paho's broker socket; switch off Nagle's algorithm on it;
+ * wait for it to be writable.
  *
  * paho.mqtt.c never sets TCP_NODELAY and offers no access to its socket.
  * With Nagle on, the last small PUBLISH of a burst waits for the broker's
@@ -13,6 +14,7 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -88,15 +90,16 @@ uri_port(const char *uri)
     return atoi(colon + 1);
 }
 
-/* Set TCP_NODELAY on sockets created since `before` that talk to the broker. */
+/* The socket created since `before` that talks to the broker (-1 if not
+ * found); with nodelay, TCP_NODELAY is set on it. */
 int
-sb_nodelay_new_sockets(const unsigned char *before, int nbits, const char *server_uri)
+sb_find_broker_socket(const unsigned char *before, int nbits, const char *server_uri, int nodelay)
 {
     DIR *d = opendir("/proc/self/fd");
     struct dirent *e;
-    int port = server_uri ? uri_port(server_uri) : -1, done = 0;
+    int port = server_uri ? uri_port(server_uri) : -1, found = -1;
     if (d == NULL)
-        return 0;
+        return -1;
     while ((e = readdir(d)) != NULL) {
         struct stat sb;
         int fd = atoi(e->d_name), type = 0, one = 1;
@@ -109,9 +112,24 @@ sb_nodelay_new_sockets(const unsigned char *before, int nbits, const char *serve
             continue;
         if (port > 0 && peer_port(fd) != port)
             continue;
-        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0)
-            done++;
+        if (nodelay)
+            (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        found = fd;
     }
     closedir(d);
-    return done;
+    return found;
+}
+
+/* Wait (up to timeout_ms) until the broker socket can take a write.  paho's
+ * publish, finding a partly written packet, sleeps 100 ms at a time; waiting
+ * for the kernel's send buffer to drain first avoids that.  No GIL needed. */
+void
+sb_wait_writable(int fd, int timeout_ms)
+{
+    struct pollfd p;
+    p.fd = fd;
+    p.events = POLLOUT;
+    p.revents = 0;
+    if (poll(&p, 1, 0) == 0)
+        (void)poll(&p, 1, timeout_ms);
 }
