@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 
-.PHONY: test demo bench docs deps venv install clean
+.PHONY: test demo bench docs deps venv install clean asan-test
 
 deps:
 	@PYTHON=$(PYTHON) scripts/ensure-system-deps.sh
@@ -39,3 +39,13 @@ bench: install
 
 clean:
 	rm -rf build $(VENV) sermas_bus/*.so *.egg-info docs/_build
+
+# Developers: the C core under AddressSanitizer/UBSan, built in a scratch copy
+# (the tree's own build is left alone), then the core test suites.
+ASAN_DIR ?= /tmp/sermas-bus-asan
+asan-test: install
+	rm -rf $(ASAN_DIR) && git clone -q . $(ASAN_DIR)
+	cd $(ASAN_DIR) && SERMAS_BUS_SANITIZE=1 $(abspath $(VPY)) setup.py build_ext --inplace -q
+	cd $(ASAN_DIR) && LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+		PYTHONPATH=$(ASAN_DIR) $(abspath $(VPY)) -m pytest -p no:sermas_bus -p no:cacheprovider \
+		tests/test_client_basic.py tests/test_client_reliability.py tests/test_json.py tests/test_topics.py tests/test_sermas.py
