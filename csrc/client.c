@@ -171,7 +171,38 @@ destroy_handle_nogil(sb_client *self)
     MQTTClient_destroy(&h);
 }
 
-/* Close: mark closed, wake everything, disconnect and destroy without the
+/* Handle lifetime: paho's handle may be destroyed (close) or re-created
+ * (connect with another MQTT version) only while no thread is inside a paho
+ * call with it.  Users bracket their paho calls with handle_acquire_locked /
+ * handle_release_locked; destroyers set closing or recreating, then wait in
+ * handle_drain_nogil. */
+static int
+handle_acquire_locked(sb_client *self)
+{
+    if (self->closing || self->recreating || self->handle == NULL)
+        return 0;
+    self->handle_users++;
+    return 1;
+}
+
+static void
+handle_release_locked(sb_client *self)
+{
+    if (--self->handle_users == 0)
+        pthread_cond_broadcast(&self->pub_cv);
+}
+
+static void
+handle_drain_nogil(sb_client *self)
+{
+    pthread_mutex_lock(&self->mu);
+    while (self->handle_users > 0)
+        pthread_cond_wait(&self->pub_cv, &self->mu);
+    pthread_mutex_unlock(&self->mu);
+}
+
+/* Close: mark closed, wake everything, disconnect (which also ends paho
+ * calls other threads are blocked in), wait for them, destroy without the
  * GIL, then free queued events with it.  Safe to call twice. */
 static void
 conn_close_impl(sb_client *self)
@@ -197,6 +228,7 @@ conn_close_impl(sb_client *self)
         Py_BEGIN_ALLOW_THREADS
         if (was_connected)
             MQTTClient_disconnect(h, 0);
+        handle_drain_nogil(self);
         destroy_handle_nogil(self);
         Py_END_ALLOW_THREADS
     }
@@ -331,7 +363,7 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
     MQTTClient_willOptions willopts = MQTTClient_willOptions_initializer;
     MQTTProperties cprops = MQTTProperties_initializer, wprops = MQTTProperties_initializer;
     MQTTResponse resp = MQTTResponse_initializer;
-    int rc = 0, create_rc = 0, need_create, tls_wanted = 0, server_rm = 65535, reason = -1;
+    int rc = 0, create_rc = 0, need_create, tls_wanted = 0, server_rm = 65535, reason = -1, acquired = 0;
     int session_present = 0, returned_version = 0;
     char returned_uri[512] = "";
     char uri_list[600] = "";
@@ -505,6 +537,10 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
     Py_BEGIN_ALLOW_THREADS
     if (need_create) {
         MQTTClient_createOptions co = MQTTClient_createOptions_initializer;
+        pthread_mutex_lock(&self->mu);
+        self->recreating = 1;          /* new calls keep off the old handle */
+        pthread_mutex_unlock(&self->mu);
+        handle_drain_nogil(self);
         destroy_handle_nogil(self);
         co.MQTTVersion = version;
         create_rc = MQTTClient_createWithOptions(&self->handle, a.uris[0], self->client_id,
@@ -516,8 +552,16 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
             create_rc = MQTTClient_setPublished(self->handle, self, sb_cb_published);
         if (create_rc != MQTTCLIENT_SUCCESS)
             destroy_handle_nogil(self);
+        pthread_mutex_lock(&self->mu);
+        self->recreating = 0;
+        pthread_mutex_unlock(&self->mu);
     }
-    if (create_rc == MQTTCLIENT_SUCCESS) {
+    pthread_mutex_lock(&self->mu);
+    acquired = create_rc == MQTTCLIENT_SUCCESS && handle_acquire_locked(self);
+    pthread_mutex_unlock(&self->mu);
+    if (create_rc == MQTTCLIENT_SUCCESS && !acquired)
+        create_rc = MQTTCLIENT_DISCONNECTED;   /* closed meanwhile */
+    if (acquired) {
         int nbits = 0;
         unsigned char *before = sb_socket_fds_snapshot(&nbits);
         if (version >= MQTTVERSION_5) {
@@ -563,6 +607,9 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
                 MQTTClient_free(tokens);
         }
         PyMem_RawFree(before);
+        pthread_mutex_lock(&self->mu);
+        handle_release_locked(self);
+        pthread_mutex_unlock(&self->mu);
     }
     Py_END_ALLOW_THREADS
 
@@ -646,7 +693,7 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
     const char *t;
     Py_ssize_t tlen;
     Py_buffer buf = {0};
-    int have_buf = 0, qos, retain, rc = MQTT_ERR_SUCCESS, paho_rc = 0, mid, token = 0, blocked = 0;
+    int have_buf = 0, qos, retain, rc = MQTT_ERR_SUCCESS, paho_rc = 0, mid, token = 0, blocked = 0, acquired = 0;
     int is_dispatcher;
     uint64_t seq = 0;
     MQTTProperties mprops = MQTTProperties_initializer;
@@ -806,6 +853,14 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
         sb_blocking_enter_locked(self);
         blocked = 1;
     }
+    if (rc == MQTT_ERR_SUCCESS) {
+        acquired = handle_acquire_locked(self);
+        if (!acquired) {
+            rc = MQTT_ERR_NO_CONN;
+            if (qos > 0 && self->inflight > 0)
+                self->inflight--;
+        }
+    }
     pthread_mutex_unlock(&self->mu);
 
     if (rc == MQTT_ERR_SUCCESS) {
@@ -829,6 +884,8 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
     pthread_mutex_lock(&self->mu);
     if (blocked)
         sb_blocking_leave_locked(self);
+    if (acquired)
+        handle_release_locked(self);
     if (rc == MQTT_ERR_SUCCESS && paho_rc != MQTTCLIENT_SUCCESS) {
         if (qos > 0 && self->inflight > 0)
             self->inflight--;
@@ -944,12 +1001,16 @@ conn_wait_published(sb_client *self, PyObject *args)
 /* Enter/leave a call that waits for the broker's answer (GIL not held).
  * Meanwhile paho's receive thread must not wait for queue room: it has to
  * read that answer. */
-static void
+static int
 broker_wait_begin_nogil(sb_client *self)
 {
+    int acquired;
     pthread_mutex_lock(&self->mu);
-    sb_blocking_enter_locked(self);
+    acquired = handle_acquire_locked(self);
+    if (acquired)
+        sb_blocking_enter_locked(self);
     pthread_mutex_unlock(&self->mu);
+    return acquired;
 }
 
 static void
@@ -957,6 +1018,7 @@ broker_wait_end_nogil(sb_client *self)
 {
     pthread_mutex_lock(&self->mu);
     sb_blocking_leave_locked(self);
+    handle_release_locked(self);
     pthread_mutex_unlock(&self->mu);
 }
 
@@ -1025,9 +1087,12 @@ conn_subscribe(sb_client *self, PyObject *args)
 
     /* SUBACK comes back through paho's receive thread: wait without the GIL */
     Py_BEGIN_ALLOW_THREADS
-    broker_wait_begin_nogil(self);
-    resp = MQTTClient_subscribeMany5(self->handle, (int)n, topics, qos, v5 ? opts : NULL, v5 ? &mprops : NULL);
-    broker_wait_end_nogil(self);
+    if (broker_wait_begin_nogil(self)) {
+        resp = MQTTClient_subscribeMany5(self->handle, (int)n, topics, qos, v5 ? opts : NULL, v5 ? &mprops : NULL);
+        broker_wait_end_nogil(self);
+    }
+    else
+        resp.reasonCode = MQTTCLIENT_DISCONNECTED;   /* closed meanwhile */
     Py_END_ALLOW_THREADS
 
     if (resp.reasonCode < 0 && !(v5 == 0 && resp.reasonCode == MQTTCLIENT_FAILURE)) {
@@ -1082,9 +1147,12 @@ conn_unsubscribe(sb_client *self, PyObject *args)
 
     /* UNSUBACK comes back through paho's receive thread: wait without the GIL */
     Py_BEGIN_ALLOW_THREADS
-    broker_wait_begin_nogil(self);
-    resp = MQTTClient_unsubscribeMany5(self->handle, (int)n, topics, v5 ? &mprops : NULL);
-    broker_wait_end_nogil(self);
+    if (broker_wait_begin_nogil(self)) {
+        resp = MQTTClient_unsubscribeMany5(self->handle, (int)n, topics, v5 ? &mprops : NULL);
+        broker_wait_end_nogil(self);
+    }
+    else
+        resp.reasonCode = MQTTCLIENT_DISCONNECTED;   /* closed meanwhile */
     Py_END_ALLOW_THREADS
 
     if (resp.reasonCode < 0) {
@@ -1113,7 +1181,7 @@ conn_disconnect(sb_client *self, PyObject *args)
 {
     sb_state *st = state_of(self);
     double timeout = 0, deadline;
-    int reason = 0, was_connected;
+    int reason = 0, was_connected, acquired;
     PyObject *props = Py_None;
     MQTTProperties mprops = MQTTProperties_initializer;
 
@@ -1142,14 +1210,17 @@ conn_disconnect(sb_client *self, PyObject *args)
     was_connected = self->connected;
     self->sock_fd = -1;
     self->connected = 0;
+    acquired = was_connected && handle_acquire_locked(self);
     pthread_mutex_unlock(&self->mu);
-    if (was_connected) {
+    if (acquired) {
         if (self->mqtt_version >= MQTTVERSION_5)
             MQTTClient_disconnect5(self->handle, 0, (enum MQTTReasonCodes)reason, &mprops);
         else
             MQTTClient_disconnect(self->handle, 0);
     }
     pthread_mutex_lock(&self->mu);
+    if (acquired)
+        handle_release_locked(self);
     sb_blocking_leave_locked(self);
     sb_mark_pending_lost_locked(self);
     pthread_mutex_unlock(&self->mu);

@@ -152,6 +152,8 @@ typedef struct {
     Py_ssize_t qmax;            /* bound on qlen (back-pressure beyond it) */
     int blocking;               /* threads blocked on the broker: never make paho wait */
     int closing;
+    int recreating;             /* connect() is replacing the handle */
+    int handle_users;           /* threads inside a paho call with the handle */
     int connected;
     int consumer_waiting;
     volatile unsigned interrupts; /* bumped by interrupt(): pump() returns early */

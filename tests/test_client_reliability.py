@@ -1003,3 +1003,39 @@ def test_a_full_queue_in_one_client_does_not_deadlock_another(quiet_broker, make
         info.wait_for_publish(10)                    # hung here before the fix
     got = [int(m.payload) for m in reader.messages(timeout=5, max_messages=300)]
     assert got == list(range(300))
+
+
+@pytest.mark.timeout(120)
+def test_close_while_other_threads_publish(quiet_broker, unique_topic):
+    """close() destroys paho's handle only after every thread has left its
+    paho call: publishers racing close() get ClosedError or MQTT_ERR_NO_CONN,
+    never a crash; repeated, at QoS 0 and 1."""
+    for round_ in range(10):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        c.connect(quiet_broker.url("tcp"))
+        outcomes = collections.Counter()
+        start = threading.Barrier(4)
+
+        def publisher(qos):
+            start.wait()
+            for i in range(100000):
+                try:
+                    info = c.publish(unique_topic + "race", b"x" * 64, qos=qos)
+                except errors.ClosedError:
+                    outcomes["closed"] += 1
+                    return
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    outcomes["no_conn"] += 1
+                    return
+            outcomes["finished"] += 1
+
+        threads = [threading.Thread(target=publisher, args=(q,)) for q in (0, 1, 1)]
+        for t in threads:
+            t.start()
+        start.wait()
+        time.sleep(0.05 + 0.02 * round_)
+        c.close()
+        for t in threads:
+            t.join(30)
+            assert not t.is_alive()
+        assert sum(outcomes.values()) == 3, outcomes
