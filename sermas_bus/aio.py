@@ -777,20 +777,11 @@ class AsyncSermasClient:
 
     # ---- lifecycle ------------------------------------------------------------
 
-    def _connect_blocking(self) -> None:
-        # SermasClient.connect() without its loop and refresher threads
-        from .sermas import PASSWORD_PLACEHOLDER
-        bus = self._bus
-        if bus._source is not None:
-            bus._token = bus._source.fetch()
-            bus.client.username_pw_set(bus._token.access_token, PASSWORD_PLACEHOLDER)
-        bus.client.connect(bus.mqtt_url, properties=bus._session_props)
-
     async def connect(self) -> "AsyncSermasClient":
         """Fetch a token (with credentials), connect, and keep the token fresh
         from a task (the refresh itself runs in an executor thread)."""
         loop = self._aio._ensure_attached()
-        await loop.run_in_executor(None, self._connect_blocking)
+        await loop.run_in_executor(None, self._bus._connect_blocking)
         token = self._bus.token
         if token is not None and token.expires_at is not None and self._refresh_task is None:
             self._refresh_task = loop.create_task(self._refresh_loop())

@@ -257,6 +257,7 @@ class Client:
         self._callbacks: Dict[str, Optional[Callback]] = {}
         self._logger: Optional[logging.Logger] = None
         self._pump_lock = threading.RLock()
+        self._looping = 0                   # loops delivering right now (any thread)
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._user_disconnect = False
@@ -590,13 +591,17 @@ class Client:
         if cb is not None:
             self._call("on_pre_connect", (self, self._userdata))
         self._log(MQTT_LOG_DEBUG, "Connecting to %s as %s", ", ".join(self._uris or []), self._client_id)
+        may_fall_back = self._protocol_auto and self._protocol == MQTTv5
         try:
             info = self._connect_once(self._protocol)
         except ProtocolVersionError:
-            pass_through = not (self._protocol_auto and self._protocol == MQTTv5)
-            if pass_through:
+            if not may_fall_back:
                 raise
-            info = None
+            logger.warning("broker %s refused MQTT 5; falling back to MQTT 3.1.1 (noLocal, "
+                           "retainAsPublished, retainHandling and properties become unavailable)",
+                           ", ".join(self._uris or []))
+            self._protocol = MQTTv311
+            info = self._connect_once(MQTTv311)
         except ConnectError as exc:
             if type(exc) is ConnectError and uses_tls(self._uris or []):
                 why = self._tls_diagnosis()
@@ -605,12 +610,6 @@ class Client:
                                    "system store, SSL_CERT_FILE), the host name in the broker's certificate, "
                                    "or use tls_insecure_set(True) for tests") from None
             raise
-        if info is None:
-            logger.warning("broker %s refused MQTT 5; falling back to MQTT 3.1.1 (noLocal, "
-                           "retainAsPublished, retainHandling and properties become unavailable)",
-                           ", ".join(self._uris or []))
-            self._protocol = MQTTv311
-            info = self._connect_once(MQTTv311)
         self._mqtt_version = info["mqtt_version"]
         self._session = info
         first = not self._connected_once
@@ -759,8 +758,8 @@ class Client:
         reason = int(reasoncode) if reasoncode is not None else 0
         props = _props_pairs(properties) if self._mqtt_version == MQTTv5 else None
         was = self._conn.disconnect(timeout, reason, props)
-        if self._thread is not None or self._pump_lock_owned():
-            self._conn.post(("disconnected", was))
+        if self._thread is not None or self._looping:
+            self._conn.post(("disconnected", was))   # the running loop reports it, in order
         else:
             self._on_disconnected(False, True)
         return MQTT_ERR_SUCCESS if was else MQTT_ERR_NO_CONN
@@ -781,9 +780,6 @@ class Client:
             self._conn.disconnect(timeout, 0, None)
             self._user_disconnect = False
             return self._connect_now()
-
-    def _pump_lock_owned(self) -> bool:
-        return getattr(self._pump_lock, "_is_owned", lambda: False)()
 
     def is_connected(self) -> bool:
         return bool(self._conn.is_connected())
@@ -940,9 +936,13 @@ class Client:
             timeout = max(0.0, min(timeout, self._next_attempt - time.monotonic()))
         cb, args = self._message_target()
         with self._pump_lock:
-            events = self._conn.pump(cb, args, self._on_message_error, timeout, _BATCH)
-        for ev in events:
-            self._handle_event(ev)
+            self._looping += 1      # a loop is delivering: disconnect() posts to it
+            try:
+                events = self._conn.pump(cb, args, self._on_message_error, timeout, _BATCH)
+                for ev in events:
+                    self._handle_event(ev)
+            finally:
+                self._looping -= 1
         return events
 
     def loop(self, timeout: float = 1.0) -> MQTTErrorCode:
@@ -1036,15 +1036,20 @@ class Client:
             self._maybe_connect()
             wait = 3600.0 if timeout is None else timeout
             with self._pump_lock:
-                events = self._conn.pump(None, (), None, wait, 1)
+                self._looping += 1
+                try:
+                    events = self._conn.pump(None, (), None, wait, 1)
+                    for ev in events:
+                        if isinstance(ev, tuple):
+                            self._handle_event(ev)
+                finally:
+                    self._looping -= 1
             if not events:
                 if timeout is not None:
                     return
                 continue
             for ev in events:
-                if isinstance(ev, tuple):
-                    self._handle_event(ev)
-                else:
+                if not isinstance(ev, tuple):
                     count += 1
                     yield ev
 
@@ -1103,6 +1108,7 @@ def _forget_all_after_fork() -> None:
         c._thread = None
         c._closed = True
         c._pump_lock = threading.RLock()
+        c._looping = 0
         c._subs_lock = threading.RLock()
         c._reauth_lock = threading.Lock()
 

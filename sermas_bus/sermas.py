@@ -156,10 +156,7 @@ class SermasClient:
     def connect(self) -> "SermasClient":
         """Fetch a token (if credentials were given), connect, start the loop
         thread (unless start_loop=False) and the token refresher."""
-        if self._source is not None:
-            self._token = self._source.fetch()
-            self._client.username_pw_set(self._token.access_token, PASSWORD_PLACEHOLDER)
-        self._client.connect(self.mqtt_url, properties=self._session_props)
+        self._connect_blocking()
         if self._start_loop:
             self._client.loop_start()
         if self._token is not None and self._token.expires_at is not None:
@@ -167,6 +164,13 @@ class SermasClient:
                                                     name=f"sermas_bus-token-{self.app_id}")
             self._refresh_thread.start()
         return self
+
+    def _connect_blocking(self) -> None:
+        """Fetch a token (if credentials were given) and connect; no threads."""
+        if self._source is not None:
+            self._token = self._source.fetch()
+            self._client.username_pw_set(self._token.access_token, PASSWORD_PLACEHOLDER)
+        self._client.connect(self.mqtt_url, properties=self._session_props)
 
     def close(self) -> None:
         self._stop.set()
