@@ -16,7 +16,8 @@ symbols, no ABI tag in its name.  It is optional: without the mosquitto plugin
 headers or OpenSSL, or if it fails to compile, the package still builds and
 LocalBus says which Debian packages to install.
 
-Knobs: SERMAS_BUS_DEBUG=1 (-O0 -g, asserts on), SERMAS_BUS_SANITIZE=1 (ASan/UBSan).
+Knobs: SERMAS_BUS_DEBUG=1 (-O0 -g, asserts on), SERMAS_BUS_SANITIZE=1 (ASan/UBSan),
+SERMAS_BUS_WERROR=0/1 (warnings as errors; on by default in a git checkout).
 """
 import os
 import sys
@@ -76,6 +77,8 @@ def _extension():
 
     extra_compile = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-unused-parameter",
                      "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
+    if _werror():
+        extra_compile.append("-Werror")
     extra_link = []
     undef = []
     if os.environ.get("SERMAS_BUS_DEBUG"):
@@ -96,6 +99,16 @@ def _extension():
         extra_link_args=extra_link,
         undef_macros=undef,
     )
+
+
+def _werror():
+    """Warnings are errors in a development tree (a git checkout) and when
+    SERMAS_BUS_WERROR=1; SERMAS_BUS_WERROR=0 turns it off (an sdist built by a
+    newer compiler must not fail on a new warning)."""
+    flag = os.environ.get("SERMAS_BUS_WERROR")
+    if flag is not None:
+        return flag not in ("", "0")
+    return os.path.isdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".git"))
 
 
 def _building():

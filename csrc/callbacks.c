@@ -123,66 +123,27 @@ sb_cb_message_arrived(void *ctx, char *topic, int topic_len, MQTTClient_message 
     return 1;       /* consumed: we free message and topic with MQTTClient_free* */
 }
 
-/* Record the completion of paho message id dt; caller holds mu. */
-static void
-complete_locked(sb_client *c, int dt, int state, int reason)
+/* The record paho delivers under message id dt, or NULL. */
+static sb_out *
+slot_record_locked(sb_client *c, int dt)
 {
-    sb_slot *s;
-    if (dt <= 0 || dt >= SB_SLOTS)
-        return;
-    s = &c->slots[dt];
-    if (s->state == SB_PUB_PENDING || s->state == SB_PUB_LOST) {
-        int was_pending = (s->state == SB_PUB_PENDING);
-        /* a LOST slot acknowledged after a session-resuming reconnect did
-         * arrive after all: it becomes DONE like any other */
-        s->state = (unsigned char)state;
-        if (reason > s->reason)
-            s->reason = (unsigned char)reason;
-        if (was_pending && c->inflight > 0)
-            c->inflight--;
-        if (c->want_published) {
-            sb_event *ev = PyMem_RawCalloc(1, sizeof *ev);
-            if (ev) {
-                ev->kind = SB_EV_PUBLISHED;
-                ev->mid = s->mid;
-                ev->reason = s->reason;
-                /* completion events bypass the bound: this thread holds
-                 * paho's mutex and must never wait on the consumer */
-                sb_queue_push_locked(c, ev);
-            }
-        }
-    }
-    else {
-        /* The PUBACK beat the publisher to recording its slot (it is between
-         * MQTTClient_publish5 returning and taking mu).  Leave a note. */
-        s->early = 1;
-        if (reason > s->early_reason)
-            s->early_reason = (unsigned char)reason;
-        if (c->inflight > 0)
-            c->inflight--;
-    }
-    if (c->pub_waiters)
-        pthread_cond_broadcast(&c->pub_cv);
-    /* Wake a publisher waiting for window room only once a quarter of the
-     * window is free: one wake-up per batch of PUBACKs, not one per PUBACK. */
-    if (c->window_waiters) {
-        unsigned quarter = c->window / 4 ? c->window / 4 : 1;
-        if (c->inflight + quarter <= c->window)
-            pthread_cond_broadcast(&c->win_cv);
-    }
+    return (dt > 0 && dt < SB_SLOTS) ? c->slots[dt].out : NULL;
 }
 
+/* deliveryComplete: PUBACK (QoS 1) or PUBCOMP (QoS 2) for message id dt. */
 void
 sb_cb_delivery_complete(void *ctx, MQTTClient_deliveryToken dt)
 {
     sb_client *c = (sb_client *)ctx;
+    sb_out *o;
+    int reason;
     pthread_mutex_lock(&c->mu);
-    if (dt > 0 && dt < SB_SLOTS) {
-        sb_slot *s = &c->slots[dt];
-        int live = (s->state == SB_PUB_PENDING || s->state == SB_PUB_LOST);
-        int reason = live ? s->reason : s->early_reason;
-        complete_locked(c, dt, reason >= 0x80 ? SB_PUB_FAILED : SB_PUB_DONE, reason);
-    }
+    o = slot_record_locked(c, dt);
+    if (o != NULL)
+        reason = o->reason;             /* recorded by sb_cb_published (MQTT 5) */
+    else
+        reason = (dt > 0 && dt < SB_SLOTS) ? c->slots[dt].early_reason : 0;
+    sb_outbox_complete_locked(c, dt, reason >= 0x80 ? SB_PUB_FAILED : SB_PUB_DONE, reason);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -193,36 +154,25 @@ sb_cb_published(void *ctx, int dt, int packet_type, MQTTProperties *props,
                 enum MQTTReasonCodes rc)
 {
     sb_client *c = (sb_client *)ctx;
+    sb_out *o;
     (void)props;
     pthread_mutex_lock(&c->mu);
-    if (dt > 0 && dt < SB_SLOTS) {
-        if (packet_type == 5 /* PUBREC */ && rc >= 0x80)
-            complete_locked(c, dt, SB_PUB_FAILED, (int)rc);
-        else if ((int)rc > c->slots[dt].reason && c->slots[dt].state == SB_PUB_PENDING)
-            c->slots[dt].reason = (unsigned char)rc;
-        else if (c->slots[dt].state != SB_PUB_PENDING && (int)rc > c->slots[dt].early_reason)
-            c->slots[dt].early_reason = (unsigned char)rc;   /* publisher not recorded yet */
+    o = slot_record_locked(c, dt);
+    if (packet_type == 5 /* PUBREC */ && (int)rc >= 0x80)
+        sb_outbox_complete_locked(c, dt, SB_PUB_FAILED, (int)rc);
+    else if (o != NULL) {
+        if ((int)rc > o->reason)
+            o->reason = (unsigned char)rc;
     }
+    else if (dt > 0 && dt < SB_SLOTS && c->sending > 0 && (int)rc > c->slots[dt].early_reason)
+        c->slots[dt].early_reason = (unsigned char)rc;   /* publisher not recorded yet */
     pthread_mutex_unlock(&c->mu);
 }
 
-/* Caller holds mu.  Waiters on pending publishes must not hang on a dead
- * connection: mark them lost (a later PUBACK after a session-resuming
- * reconnect still turns them into DONE). */
-void
-sb_mark_pending_lost_locked(sb_client *c)
-{
-    int i;
-    for (i = 1; i < SB_SLOTS; i++)
-        if (c->slots[i].state == SB_PUB_PENDING)
-            c->slots[i].state = SB_PUB_LOST;
-    c->inflight = 0;
-    pthread_cond_broadcast(&c->pub_cv);
-    pthread_cond_broadcast(&c->win_cv);
-}
-
 /* Runs on a helper thread paho starts for it, while paho's receive thread
- * waits for us (holding its mutex): be quick, never block. */
+ * waits for us (holding its mutex): be quick, never block.  Publishes in
+ * flight stay in the outbox: after the reconnect paho re-sends them (resumed
+ * session) or the flusher does (outbox.c). */
 void
 sb_cb_connection_lost(void *ctx, char *cause)
 {
@@ -232,7 +182,8 @@ sb_cb_connection_lost(void *ctx, char *cause)
     pthread_mutex_lock(&c->mu);
     c->connected = 0;
     c->sock_fd = -1;        /* paho closes it; the number may be reused */
-    sb_mark_pending_lost_locked(c);
+    /* publishers waiting for window room queue their record instead */
+    pthread_cond_broadcast(&c->win_cv);
     if (ev) {
         ev->kind = SB_EV_LOST;
         sb_queue_push_locked(c, ev);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #define MQTT_ERR_SUCCESS 0
+#define MQTT_ERR_NOMEM 1
 #define MQTT_ERR_NO_CONN 4
 #define MQTT_ERR_QUEUE_SIZE 15
 
@@ -221,21 +222,26 @@ conn_close_impl(sb_client *self)
     pthread_cond_broadcast(&self->ev_cv);
     pthread_cond_broadcast(&self->pub_cv);
     pthread_cond_broadcast(&self->win_cv);
+    pthread_cond_broadcast(&self->ob_cv);
     pthread_mutex_unlock(&self->mu);
 
-    if (h != NULL && self->owner_pid == getpid()) {
-        /* release the GIL: disconnect/destroy wait for paho's threads */
+    if (self->owner_pid == getpid()) {
+        /* release the GIL: disconnect/destroy wait for paho's threads, and
+         * the flusher may be inside paho's publish */
         Py_BEGIN_ALLOW_THREADS
-        if (was_connected)
+        if (h != NULL && was_connected)
             MQTTClient_disconnect(h, 0);
-        handle_drain_nogil(self);
-        destroy_handle_nogil(self);
+        sb_outbox_stop_flusher_nogil(self);
+        if (h != NULL) {
+            handle_drain_nogil(self);
+            destroy_handle_nogil(self);
+        }
         Py_END_ALLOW_THREADS
     }
     self->handle = NULL;   /* after fork: forget, never destroy (paho's state is the parent's) */
     sb_queue_clear(self);
     pthread_mutex_lock(&self->mu);
-    sb_mark_pending_lost_locked(self);
+    sb_outbox_close_locked(self);
     pthread_mutex_unlock(&self->mu);
 }
 
@@ -272,6 +278,7 @@ conn_dealloc(sb_client *self)
         pthread_cond_destroy(&self->space_cv);
         pthread_cond_destroy(&self->pub_cv);
         pthread_cond_destroy(&self->win_cv);
+        pthread_cond_destroy(&self->ob_cv);
         PyMem_RawFree(self->slots);
     }
     if (self->efd >= 0)
@@ -593,13 +600,8 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
             pthread_mutex_lock(&self->mu);
             self->connected = 1;
             self->window = (unsigned)(max_inflight < server_rm ? max_inflight : server_rm);
-            for (i = 1; i < SB_SLOTS; i++)
-                if (self->slots[i].state == SB_PUB_PENDING)
-                    self->slots[i].state = SB_PUB_LOST;
-            for (i = 0; i < ntok; i++)
-                if (tokens[i] > 0 && tokens[i] < SB_SLOTS && self->slots[tokens[i]].state == SB_PUB_LOST)
-                    self->slots[tokens[i]].state = SB_PUB_PENDING;
-            self->inflight = (unsigned)ntok;
+            /* what paho does not re-send goes back to the outbox's queue */
+            sb_outbox_after_connect_locked(self, tokens, ntok);
             pthread_cond_broadcast(&self->pub_cv);
             pthread_cond_broadcast(&self->win_cv);
             pthread_mutex_unlock(&self->mu);
@@ -685,154 +687,208 @@ check_pub_topic(const char *t, Py_ssize_t len)
     return 0;
 }
 
-static PyObject *
-conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    sb_state *st = state_of(self);
-    PyObject *topic, *payload, *props = Py_None, *tmp_payload = NULL, *result = NULL, *props_pairs = NULL;
-    const char *t;
-    Py_ssize_t tlen;
-    Py_buffer buf = {0};
-    int have_buf = 0, qos, retain, rc = MQTT_ERR_SUCCESS, paho_rc = 0, mid, token = 0, blocked = 0, acquired = 0;
-    int is_dispatcher;
-    uint64_t seq = 0;
-    MQTTProperties mprops = MQTTProperties_initializer;
-    MQTTResponse resp = MQTTResponse_initializer;
+/* A publish's arguments, validated and ready to hand to paho without the
+ * GIL: topic and payload point into objects the caller's frame keeps alive
+ * (str/bytes are immutable, buffers are held), properties are converted. */
+typedef struct {
+    PyObject *topic_obj;
+    const char *topic;
+    Py_ssize_t topic_len;
+    Py_buffer buf;
+    int have_buf;
+    PyObject *tmp_payload, *props_pairs;
+    MQTTProperties props;
+    int qos, retain;
+} pub_args;
 
-    if (st == NULL || check_usable(self, st) < 0)
-        return NULL;
-    if (nargs < 4 || nargs > 5) {
-        PyErr_SetString(PyExc_TypeError, "publish(topic, payload, qos, retain, props=None)");
-        return NULL;
-    }
-    topic = args[0];
-    payload = args[1];
-    qos = PyLong_AsLong(args[2]);
-    if (qos == -1 && PyErr_Occurred())
-        return NULL;
-    retain = PyObject_IsTrue(args[3]);
-    if (retain < 0)
-        return NULL;
-    if (nargs == 5)
-        props = args[4];
-    if (props != Py_None && !PyList_Check(props)) {
-        /* a sermas_bus.properties.Properties: flatten it */
-        PyObject *to_pairs;
-        if (PyObject_GetOptionalAttrString_compat(props, "to_pairs", &to_pairs) < 0)
-            return NULL;
-        if (to_pairs == NULL) {
-            PyErr_Format(PyExc_TypeError, "properties must be sermas_bus.properties.Properties or None, not %.100s",
-                         Py_TYPE(props)->tp_name);
-            return NULL;
-        }
-        props_pairs = PyObject_CallNoArgs(to_pairs);
-        Py_DECREF(to_pairs);
-        if (props_pairs == NULL)
-            return NULL;
-        props = props_pairs;
-    }
-    if (qos < 0 || qos > 2) {
-        PyErr_Format(PyExc_ValueError, "invalid QoS %d: must be 0, 1 or 2", qos);
-        goto done;
-    }
+static void
+pub_args_free(pub_args *a)
+{
+    MQTTProperties_free(&a->props);
+    if (a->have_buf)
+        PyBuffer_Release(&a->buf);
+    Py_XDECREF(a->tmp_payload);
+    Py_XDECREF(a->props_pairs);
+}
+
+/* topic: str or bytes, valid UTF-8, a valid publish topic */
+static int
+pub_parse_topic(PyObject *topic, pub_args *a)
+{
+    a->topic_obj = topic;
     if (PyUnicode_Check(topic)) {
-        t = PyUnicode_AsUTF8AndSize(topic, &tlen);
-        if (t == NULL) {
+        a->topic = PyUnicode_AsUTF8AndSize(topic, &a->topic_len);
+        if (a->topic == NULL) {
             PyErr_Clear();
             PyErr_SetString(PyExc_ValueError, "invalid topic: not encodable as UTF-8 (lone surrogates?)");
-            goto done;
+            return -1;
         }
     }
     else if (PyBytes_Check(topic)) {
         PyObject *check;
-        t = PyBytes_AS_STRING(topic);
-        tlen = PyBytes_GET_SIZE(topic);
-        check = PyUnicode_DecodeUTF8(t, tlen, "strict");
+        a->topic = PyBytes_AS_STRING(topic);
+        a->topic_len = PyBytes_GET_SIZE(topic);
+        check = PyUnicode_DecodeUTF8(a->topic, a->topic_len, "strict");
         if (check == NULL) {
             PyErr_Clear();
             PyErr_SetString(PyExc_ValueError, "invalid topic: bytes are not valid UTF-8");
-            goto done;
+            return -1;
         }
         Py_DECREF(check);
     }
     else {
         PyErr_Format(PyExc_TypeError, "topic must be str or bytes, not %.100s", Py_TYPE(topic)->tp_name);
-        goto done;
+        return -1;
     }
-    if (check_pub_topic(t, tlen) < 0)
-        goto done;
+    return check_pub_topic(a->topic, a->topic_len);
+}
 
-    /* payload: None, str (UTF-8), int/float (as text, like paho), or any buffer */
+/* payload: None, str (UTF-8), int/float (as text, like paho), or any buffer */
+static int
+pub_parse_payload(PyObject *payload, pub_args *a)
+{
     if (payload == Py_None)
-        tmp_payload = PyBytes_FromStringAndSize("", 0);
+        a->tmp_payload = PyBytes_FromStringAndSize("", 0);
     else if (PyUnicode_Check(payload)) {
         /* the UTF-8 form is cached in the str, which args keep alive: no copy */
-        const char *data = PyUnicode_AsUTF8AndSize(payload, &buf.len);
+        const char *data = PyUnicode_AsUTF8AndSize(payload, &a->buf.len);
         if (data == NULL)
-            goto done;
-        buf.buf = (void *)data;
+            return -1;
+        a->buf.buf = (void *)data;
+        goto sized;
     }
     else if (PyLong_Check(payload) || PyFloat_Check(payload)) {
         PyObject *s = PyObject_Str(payload);
         if (s != NULL) {
-            tmp_payload = PyUnicode_AsUTF8String(s);
+            a->tmp_payload = PyUnicode_AsUTF8String(s);
             Py_DECREF(s);
         }
     }
-    if (tmp_payload == NULL && PyErr_Occurred())
-        goto done;
-    if (tmp_payload != NULL) {
-        if (PyObject_GetBuffer(tmp_payload, &buf, PyBUF_SIMPLE) < 0)
-            goto done;
-        have_buf = 1;
-    }
-    else if (PyUnicode_Check(payload))
-        ;   /* buf already points at the str's UTF-8 */
     else if (PyObject_CheckBuffer(payload)) {
-        if (PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE) < 0) {
+        if (PyObject_GetBuffer(payload, &a->buf, PyBUF_SIMPLE) < 0) {
             PyErr_Clear();
             PyErr_Format(PyExc_TypeError, "payload of type %.100s is not a contiguous buffer; pass bytes",
                          Py_TYPE(payload)->tp_name);
-            goto done;
+            return -1;
         }
-        have_buf = 1;
+        a->have_buf = 1;
+        goto sized;
     }
     else {
         PyErr_Format(PyExc_TypeError,
                      "payload must be bytes, bytearray, memoryview, str, int, float or None, not %.100s "
                      "(encode it first, e.g. json.dumps(payload))", Py_TYPE(payload)->tp_name);
-        goto done;
+        return -1;
     }
-    if (buf.len > 268435455) {
+    if (a->tmp_payload == NULL || PyObject_GetBuffer(a->tmp_payload, &a->buf, PyBUF_SIMPLE) < 0)
+        return -1;
+    a->have_buf = 1;
+sized:
+    if (a->buf.len > 268435455) {
         PyErr_SetString(PyExc_ValueError, "payload too large: MQTT allows at most 268435455 bytes");
-        goto done;
+        return -1;
     }
-    if (self->handle != NULL && self->mqtt_version >= MQTTVERSION_5) {
-        if (sb_props_from_pairs(props, &mprops) < 0)
-            goto done;
+    return 0;
+}
+
+/* props: None, a list of (identifier, value) pairs, or a Properties object */
+static int
+pub_parse_props(sb_client *self, sb_state *st, PyObject *props, pub_args *a)
+{
+    if (props != Py_None && !PyList_Check(props)) {
+        /* a sermas_bus.properties.Properties: flatten it */
+        PyObject *to_pairs;
+        if (PyObject_GetOptionalAttrString_compat(props, "to_pairs", &to_pairs) < 0)
+            return -1;
+        if (to_pairs == NULL) {
+            PyErr_Format(PyExc_TypeError, "properties must be sermas_bus.properties.Properties or None, not %.100s",
+                         Py_TYPE(props)->tp_name);
+            return -1;
+        }
+        a->props_pairs = PyObject_CallNoArgs(to_pairs);
+        Py_DECREF(to_pairs);
+        if (a->props_pairs == NULL)
+            return -1;
+        props = a->props_pairs;
     }
-    else if (props != Py_None && PyObject_IsTrue(props) && self->handle != NULL) {
+    /* before the first connect the version is not known yet: keep them (a
+     * 3.1.1 connection sends the message without them) */
+    if (self->handle == NULL || self->mqtt_version >= MQTTVERSION_5)
+        return sb_props_from_pairs(props, &a->props);
+    if (props != Py_None && PyObject_IsTrue(props)) {
         PyErr_SetString(st->ProtocolError,
                         "MQTT 5 properties cannot be sent over MQTT 3.1.1; connect with protocol=MQTTv5");
-        goto done;
+        return -1;
     }
-    /* paho reads t while the GIL is released: safe without a copy, because t
-     * belongs to the topic object, which our caller's frame keeps alive for
-     * the whole call, and str/bytes are immutable (paho copies it anyway) */
+    return 0;
+}
 
-    /* publishing needs paho's mutex and may wait for window room: no GIL */
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&self->mu);
+static int
+pub_args_parse(sb_client *self, sb_state *st, PyObject *const *args, Py_ssize_t nargs, pub_args *a)
+{
+    long qos;
+    if (nargs < 4 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "publish(topic, payload, qos, retain, props=None)");
+        return -1;
+    }
+    /* range-check as a long: a truncating cast would turn 2**32+1 into 1 */
+    qos = PyLong_AsLong(args[2]);
+    if (qos == -1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "invalid QoS: must be 0, 1 or 2");
+        }
+        return -1;
+    }
+    if (qos < 0 || qos > 2) {
+        PyErr_Format(PyExc_ValueError, "invalid QoS %ld: must be 0, 1 or 2", qos);
+        return -1;
+    }
+    a->qos = (int)qos;
+    if ((a->retain = PyObject_IsTrue(args[3])) < 0)
+        return -1;
+    if (pub_parse_props(self, st, nargs == 5 ? args[4] : Py_None, a) < 0)
+        return -1;
+    if (pub_parse_topic(args[0], a) < 0)
+        return -1;
+    return pub_parse_payload(args[1], a);
+}
+
+/* What one publish became. */
+typedef struct {
+    int rc;           /* MQTT_ERR_* for the info object, or -1: raise paho_rc */
+    int paho_rc;
+    int mid;
+    sb_out *out;      /* a reference for the info object, or NULL */
+} pub_result;
+
+/* Accept a record into the outbox's books (bound checked); mu held. */
+static int
+accept_record_locked(sb_client *self, sb_out *o, int mid)
+{
+    if (self->ob_max > 0 && self->ob_count >= self->ob_max)
+        return MQTT_ERR_QUEUE_SIZE;     /* as paho: never a silent drop */
+    o->mid = mid;
+    o->seq = ++self->pub_seq;
+    o->refs++;                          /* the info object's */
+    self->ob_count++;
+    return MQTT_ERR_SUCCESS;
+}
+
+/* Send directly on this thread: connected, nothing queued ahead, window room
+ * (waited for).  Returns 0 when sent (or settled), -1 when the record must be
+ * queued instead (the connection dropped meanwhile).  mu held on entry and
+ * exit; released around paho's call. */
+static int
+publish_direct_nogil(sb_client *self, pub_args *a, sb_out *o, pub_result *r)
+{
+    int token = 0, blocked = 0, paho_rc;
     /* The thread running on_message must never wait (window room, socket
      * writes) while paho's receive thread waits for that same thread to drain
      * the queue: while it publishes, the receive thread may overfill instead. */
-    is_dispatcher = sb_is_dispatching();   /* running callbacks of any client */
-    if (++self->next_mid > 65535)
-        self->next_mid = 1;
-    mid = self->next_mid;
-    if (!self->connected || self->handle == NULL)
-        rc = MQTT_ERR_NO_CONN;
-    else if (qos > 0) {
+    int is_dispatcher = sb_is_dispatching();
+
+    if (a->qos > 0) {
         /* waiting for window room is waiting for PUBACKs, which paho's
          * receive thread reads; so is a dispatcher's send */
         if (is_dispatcher || self->inflight >= self->window) {
@@ -844,140 +900,183 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
             pthread_cond_wait(&self->win_cv, &self->mu);
             self->window_waiters--;
         }
-        if (!self->connected || self->closing)
-            rc = MQTT_ERR_NO_CONN;
-        else
-            self->inflight++;   /* reserve our place in the window */
     }
     else if (is_dispatcher) {
         sb_blocking_enter_locked(self);
         blocked = 1;
     }
-    if (rc == MQTT_ERR_SUCCESS) {
-        acquired = handle_acquire_locked(self);
-        if (!acquired) {
-            rc = MQTT_ERR_NO_CONN;
-            if (qos > 0 && self->inflight > 0)
-                self->inflight--;
-        }
+    if (!self->connected || !handle_acquire_locked(self)) {
+        if (blocked)
+            sb_blocking_leave_locked(self);
+        return -1;
     }
+    if (a->qos > 0)
+        self->inflight++;   /* our place in the window */
+    self->sending++;
     pthread_mutex_unlock(&self->mu);
-
-    if (rc == MQTT_ERR_SUCCESS) {
-        /* every 64 publishes (or for a big one) make sure the kernel can take
-         * the write now, so paho never finds a half-written packet and
-         * sleeps 100 ms (the fd is only a hint: worst case a needless poll) */
-        int fd = self->sock_fd;
-        if (fd >= 0 && (++self->pubs_since_poll >= 64 || buf.len > 4096)) {
-            self->pubs_since_poll = 0;
-            sb_wait_writable(fd, 1000);
-        }
-        if (self->mqtt_version >= MQTTVERSION_5) {
-            resp = MQTTClient_publish5(self->handle, t, (int)buf.len, buf.buf, qos, retain,
-                                       &mprops, &token);
-            paho_rc = resp.reasonCode < 0 ? resp.reasonCode : 0;
-        }
-        else
-            paho_rc = MQTTClient_publish(self->handle, t, (int)buf.len, buf.buf, qos, retain, &token);
-    }
-
+    paho_rc = sb_paho_publish_nogil(self, a->topic, (int)a->buf.len, a->buf.buf, a->qos, a->retain,
+                                    self->mqtt_version >= MQTTVERSION_5 ? &a->props : NULL, &token);
     pthread_mutex_lock(&self->mu);
+    self->sending--;
+    handle_release_locked(self);
     if (blocked)
         sb_blocking_leave_locked(self);
-    if (acquired)
-        handle_release_locked(self);
-    if (rc == MQTT_ERR_SUCCESS && paho_rc != MQTTCLIENT_SUCCESS) {
-        if (qos > 0 && self->inflight > 0)
-            self->inflight--;
-        rc = (paho_rc == MQTTCLIENT_DISCONNECTED || paho_rc == MQTTCLIENT_FAILURE) ? MQTT_ERR_NO_CONN
-           : paho_rc == MQTTCLIENT_MAX_MESSAGES_INFLIGHT ? MQTT_ERR_QUEUE_SIZE : -1;
-    }
-    else if (rc == MQTT_ERR_SUCCESS && qos > 0 && token > 0 && token < SB_SLOTS) {
-        sb_slot *s = &self->slots[token];
-        seq = ++self->pub_seq;
-        s->prev_seq = s->seq;
-        s->prev_state = s->state;
-        s->prev_reason = s->reason;
-        s->seq = seq;
-        s->mid = mid;
-        s->reason = s->early_reason;
-        if (s->early) {
-            /* the broker answered before we got here; its decrement is done */
-            s->state = s->early_reason >= 0x80 ? SB_PUB_FAILED : SB_PUB_DONE;
-        }
+    if (paho_rc == MQTTCLIENT_SUCCESS) {
+        if (o != NULL)
+            sb_outbox_sent_locked(self, o, token);
         else
-            s->state = SB_PUB_PENDING;
-        if (s->early && self->want_published) {
-            sb_event *ev = PyMem_RawCalloc(1, sizeof *ev);
-            if (ev) {
-                ev->kind = SB_EV_PUBLISHED;
-                ev->mid = mid;
-                ev->reason = s->reason;
-                sb_queue_push_locked(self, ev);
-            }
-        }
-        s->early = 0;
-        s->early_reason = 0;
+            sb_push_published_locked(self, r->mid, 0);
+        return 0;
     }
-    else if (rc == MQTT_ERR_SUCCESS && qos == 0 && self->want_published) {
-        sb_event *ev = PyMem_RawCalloc(1, sizeof *ev);
-        if (ev) {
-            ev->kind = SB_EV_PUBLISHED;
-            ev->mid = mid;
-            sb_queue_push_locked(self, ev);
-        }
+    if (a->qos > 0 && self->inflight > 0)
+        self->inflight--;
+    if (paho_rc == MQTTCLIENT_DISCONNECTED || !self->connected)
+        return -1;            /* the connection went: queue it */
+    /* paho refused the message itself */
+    if (o != NULL) {
+        o->state = SB_PUB_FAILED;
+        self->ob_count--;
+        sb_out_release_locked(o);            /* the outbox's */
     }
-    pthread_mutex_unlock(&self->mu);
-    Py_END_ALLOW_THREADS
+    r->paho_rc = paho_rc;
+    r->rc = paho_rc == MQTTCLIENT_MAX_MESSAGES_INFLIGHT ? MQTT_ERR_QUEUE_SIZE : -1;
+    return 0;
+}
 
-    if (rc == -1) {
-        sb_raise_rc(st, "publish", paho_rc);
+/* Decide and do, with the GIL released: send now, queue in the outbox, or
+ * refuse (outbox full / QoS 0 while disconnected, as paho does). */
+static void
+publish_submit_nogil(sb_client *self, pub_args *a, pub_result *r)
+{
+    sb_out *o = NULL;
+    /* QoS>0 always keeps a copy (re-sent after a reconnect); QoS 0 only if
+     * it has to wait (queue_qos0, read here as a hint, checked below) */
+    if (a->qos > 0 || (self->queue_qos0 && !self->connected)) {
+        o = sb_out_new(a->topic, a->topic_len, a->buf.buf, a->buf.len, a->qos, a->retain, &a->props);
+        if (o == NULL) {
+            r->rc = MQTT_ERR_NOMEM;
+            return;
+        }
+    }
+    pthread_mutex_lock(&self->mu);
+    if (++self->next_mid > 65535)
+        self->next_mid = 1;
+    r->mid = self->next_mid;
+    r->rc = MQTT_ERR_SUCCESS;
+    if (self->closing) {
+        r->rc = MQTT_ERR_NO_CONN;
+        goto drop;
+    }
+    if (o != NULL && (r->rc = accept_record_locked(self, o, r->mid)) != MQTT_ERR_SUCCESS)
+        goto drop;
+    /* direct: QoS 0 whenever connected; QoS>0 only with nothing queued ahead
+     * of it (order), else it joins the queue the flusher drains */
+    if (self->connected && (o == NULL || (self->q_head == NULL && !self->flush_busy))) {
+        if (publish_direct_nogil(self, a, o, r) == 0) {
+            if (r->rc != MQTT_ERR_SUCCESS && o != NULL) {
+                sb_out_release_locked(o);   /* refused: the info gets no record */
+                o = NULL;
+            }
+            r->out = o;
+            pthread_mutex_unlock(&self->mu);
+            return;
+        }
+    }
+    if (o == NULL) {
+        if (!self->queue_qos0) {
+            r->rc = MQTT_ERR_NO_CONN;       /* QoS 0 while disconnected: as paho */
+            pthread_mutex_unlock(&self->mu);
+            return;
+        }
+        /* queue_qos0 (SermasClient): it waits for the reconnect too */
+        o = sb_out_new(a->topic, a->topic_len, a->buf.buf, a->buf.len, 0, a->retain, &a->props);
+        if (o == NULL) {
+            r->rc = MQTT_ERR_NOMEM;
+            pthread_mutex_unlock(&self->mu);
+            return;
+        }
+        if ((r->rc = accept_record_locked(self, o, r->mid)) != MQTT_ERR_SUCCESS)
+            goto drop;
+    }
+    sb_outbox_enqueue_locked(self, o);
+    /* paho answers MQTT_ERR_NO_CONN for a QoS>0 message it keeps for the
+     * reconnect; so do we (wait_for_publish waits for it) */
+    r->rc = self->connected ? MQTT_ERR_SUCCESS : MQTT_ERR_NO_CONN;
+    r->out = o;
+    pthread_mutex_unlock(&self->mu);
+    return;
+drop:
+    if (o != NULL)
+        sb_out_release_locked(o);   /* never accepted: its only reference */
+    pthread_mutex_unlock(&self->mu);
+}
+
+static PyObject *
+conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    sb_state *st = state_of(self);
+    pub_args a;
+    pub_result r = {MQTT_ERR_SUCCESS, 0, 0, NULL};
+    PyObject *result = NULL;
+
+    memset(&a, 0, sizeof a);
+    a.props = (MQTTProperties)MQTTProperties_initializer;
+    if (st == NULL || check_usable(self, st) < 0)
+        return NULL;
+    if (pub_args_parse(self, st, args, nargs, &a) < 0)
+        goto done;
+    /* publishing needs paho's mutex and may wait for window room: no GIL.
+     * a.topic and a.buf stay valid: the caller's frame holds their objects. */
+    Py_BEGIN_ALLOW_THREADS
+    publish_submit_nogil(self, &a, &r);
+    Py_END_ALLOW_THREADS
+    if (r.rc == -1) {
+        sb_raise_rc(st, "publish", r.paho_rc);
         goto done;
     }
-    result = sb_info_new(st, rc, mid, (unsigned long long)seq, token, (PyObject *)self, topic);
+    if (r.rc == MQTT_ERR_NOMEM) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = sb_info_new(st, r.rc, r.mid, r.out, (PyObject *)self, a.topic_obj);
+    if (result == NULL && r.out != NULL) {
+        pthread_mutex_lock(&self->mu);
+        sb_out_release_locked(r.out);
+        pthread_mutex_unlock(&self->mu);
+    }
 done:
-    MQTTResponse_free(resp);
-    MQTTProperties_free(&mprops);
-    if (have_buf)
-        PyBuffer_Release(&buf);
-    Py_XDECREF(tmp_payload);
-    Py_XDECREF(props_pairs);
+    pub_args_free(&a);
     return result;
 }
 
-/* State of publish (seq, token); caller holds mu. */
+/* Where a record stands, as wait_published reports it; mu held. */
 static int
-pub_state_locked(sb_client *self, uint64_t seq, int token, int *reason)
+record_state_locked(const sb_out *o, int *reason)
 {
-    sb_slot *s;
-    *reason = 0;
-    if (seq == 0 || token <= 0 || token >= SB_SLOTS)
+    *reason = o ? o->reason : 0;
+    if (o == NULL)
         return SB_PUB_DONE;      /* QoS 0: done once written */
-    s = &self->slots[token];
-    if (s->seq == seq) {
-        *reason = s->reason;
-        return s->state;
-    }
-    if (s->prev_seq == seq) {
-        *reason = s->prev_reason;
-        return s->prev_state;
-    }
-    return SB_PUB_DONE;          /* the id was reused twice since: long finished */
+    return o->state == SB_PUB_QUEUED ? SB_PUB_PENDING : o->state;
 }
 
 static PyObject *
 conn_wait_published(sb_client *self, PyObject *args)
 {
-    unsigned long long seq;
-    int token, state, reason = 0;
+    PyObject *info;
+    sb_state *st = state_of(self);
+    sb_out *o;
+    int state, reason = 0;
     double timeout, deadline;
-    if (!PyArg_ParseTuple(args, "Kid:wait_published", &seq, &token, &timeout))
+    if (st == NULL || !PyArg_ParseTuple(args, "Od:wait_published", &info, &timeout))
+        return NULL;
+    if (sb_info_record(st, info, (PyObject *)self, &o) < 0)
         return NULL;
     deadline = timeout < 0 ? -1.0 : sb_monotonic() + timeout;
-    /* waiting for the broker's acknowledgement: release the GIL */
+    /* waiting for the broker's acknowledgement: release the GIL (info, and
+     * so the record, is kept alive by our caller) */
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->mu);
-    while ((state = pub_state_locked(self, seq, token, &reason)) == SB_PUB_PENDING && !self->closing) {
+    while ((state = record_state_locked(o, &reason)) == SB_PUB_PENDING && !self->closing) {
         int r;
         self->pub_waiters++;
         sb_blocking_enter_locked(self);   /* the PUBACK is read by paho's thread */
@@ -985,15 +1084,42 @@ conn_wait_published(sb_client *self, PyObject *args)
         sb_blocking_leave_locked(self);
         self->pub_waiters--;
         if (r == ETIMEDOUT) {
-            state = pub_state_locked(self, seq, token, &reason);
+            state = record_state_locked(o, &reason);
             break;
         }
     }
-    if (state == SB_PUB_PENDING && self->closing)
-        state = SB_PUB_LOST;
     pthread_mutex_unlock(&self->mu);
     Py_END_ALLOW_THREADS
     return Py_BuildValue("(ii)", state, reason);
+}
+
+/* flush(timeout): wait until every accepted publish is delivered. */
+static PyObject *
+conn_flush(sb_client *self, PyObject *args)
+{
+    double timeout, deadline;
+    int idle;
+    if (!PyArg_ParseTuple(args, "d:flush", &timeout))
+        return NULL;
+    deadline = timeout < 0 ? -1.0 : sb_monotonic() + timeout;
+    /* waits on PUBACKs (paho's receive thread): no GIL */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mu);
+    while (!(idle = sb_outbox_idle_locked(self)) && !self->closing) {
+        int r;
+        self->pub_waiters++;
+        sb_blocking_enter_locked(self);
+        r = sb_timed_wait(&self->pub_cv, &self->mu, deadline);
+        sb_blocking_leave_locked(self);
+        self->pub_waiters--;
+        if (r == ETIMEDOUT) {
+            idle = sb_outbox_idle_locked(self);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&self->mu);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(idle);
 }
 
 /* ---- subscribe / unsubscribe ------------------------------------------ */
@@ -1095,8 +1221,11 @@ conn_subscribe(sb_client *self, PyObject *args)
         resp.reasonCode = MQTTCLIENT_DISCONNECTED;   /* closed meanwhile */
     Py_END_ALLOW_THREADS
 
-    if (resp.reasonCode < 0 && !(v5 == 0 && resp.reasonCode == MQTTCLIENT_FAILURE)) {
-        sb_raise_rc(st, "subscribe", resp.reasonCode);
+    /* paho's return codes are negative, but MQTTReasonCodes is an unsigned
+     * enum: compare as int ("reasonCode < 0" on the enum is always false).
+     * On 3.1.1 a refused filter is MQTTCLIENT_FAILURE with qos[i] = 0x80. */
+    if ((int)resp.reasonCode < 0 && !(v5 == 0 && (int)resp.reasonCode == MQTTCLIENT_FAILURE)) {
+        sb_raise_rc(st, "subscribe", (int)resp.reasonCode);
         goto done;
     }
     result = PyList_New(n);
@@ -1155,8 +1284,8 @@ conn_unsubscribe(sb_client *self, PyObject *args)
         resp.reasonCode = MQTTCLIENT_DISCONNECTED;   /* closed meanwhile */
     Py_END_ALLOW_THREADS
 
-    if (resp.reasonCode < 0) {
-        sb_raise_rc(st, "unsubscribe", resp.reasonCode);
+    if ((int)resp.reasonCode < 0) {   /* as int: see subscribe */
+        sb_raise_rc(st, "unsubscribe", (int)resp.reasonCode);
         goto done;
     }
     result = PyList_New(n);
@@ -1222,7 +1351,9 @@ conn_disconnect(sb_client *self, PyObject *args)
     if (acquired)
         handle_release_locked(self);
     sb_blocking_leave_locked(self);
-    sb_mark_pending_lost_locked(self);
+    /* unacknowledged publishes stay in the outbox for the next connect, as
+     * in paho-mqtt; window waiters queue theirs */
+    pthread_cond_broadcast(&self->win_cv);
     pthread_mutex_unlock(&self->mu);
     Py_END_ALLOW_THREADS
     MQTTProperties_free(&mprops);
@@ -1459,10 +1590,12 @@ conn_is_connected(sb_client *self, PyObject *unused)
 static PyObject *
 conn_set_options(sb_client *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"want_published", "queue_max", "spin_us", "nodelay", NULL};
-    int want = -1, spin = -1, nodelay = -1;
-    Py_ssize_t qmax = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|inii:set_options", kwlist, &want, &qmax, &spin, &nodelay))
+    static char *kwlist[] = {"want_published", "queue_max", "spin_us", "nodelay", "max_queued",
+                             "queue_qos0", NULL};
+    int want = -1, spin = -1, nodelay = -1, qos0 = -1;
+    Py_ssize_t qmax = -1, obmax = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|iniini:set_options", kwlist, &want, &qmax, &spin, &nodelay,
+                                     &obmax, &qos0))
         return NULL;
     if (nodelay >= 0)
         self->nodelay = nodelay;   /* read by connect() on the calling thread */
@@ -1475,6 +1608,10 @@ conn_set_options(sb_client *self, PyObject *args, PyObject *kw)
         self->qmax = qmax;
         pthread_cond_broadcast(&self->space_cv);
     }
+    if (obmax >= 0)
+        self->ob_max = obmax;
+    if (qos0 >= 0)
+        self->queue_qos0 = qos0;
     pthread_mutex_unlock(&self->mu);
     Py_RETURN_NONE;
 }
@@ -1483,7 +1620,7 @@ static PyObject *
 conn_stats(sb_client *self, PyObject *unused)
 {
     unsigned long long in, dropped, waits;
-    Py_ssize_t qlen, qmax;
+    Py_ssize_t qlen, qmax, outbox, outbox_max;
     unsigned inflight, window;
     int connected;
     pthread_mutex_lock(&self->mu);
@@ -1495,11 +1632,14 @@ conn_stats(sb_client *self, PyObject *unused)
     inflight = self->inflight;
     window = self->window;
     connected = self->connected;
+    outbox = self->ob_count;
+    outbox_max = self->ob_max;
     pthread_mutex_unlock(&self->mu);
-    return Py_BuildValue("{s:K,s:K,s:K,s:n,s:n,s:I,s:I,s:O}", "messages_in", in,
+    return Py_BuildValue("{s:K,s:K,s:K,s:n,s:n,s:I,s:I,s:O,s:n,s:n}", "messages_in", in,
                          "dropped_on_close", dropped, "producer_waits", waits, "queued", qlen,
                          "queue_max", qmax, "inflight", inflight, "window", window,
-                         "connected", connected ? Py_True : Py_False);
+                         "connected", connected ? Py_True : Py_False,
+                         "outbox", outbox, "outbox_max", outbox_max);
 }
 
 static PyMethodDef conn_methods[] = {
@@ -1509,9 +1649,13 @@ static PyMethodDef conn_methods[] = {
      " max_inflight=20)\n--\n\nConnect (blocking, GIL released); returns a dict about the session."},
     {"publish", (PyCFunction)(void (*)(void))conn_publish, METH_FASTCALL,
      "publish($self, topic, payload, qos, retain, props=None, /)\n--\n\n"
-     "Publish; returns (rc, mid, seq, token).  Waits for window room at QoS>0."},
+     "Publish; returns a PublishInfo.  Waits for window room at QoS>0 while connected; "
+     "queues in the outbox otherwise."},
     {"wait_published", (PyCFunction)conn_wait_published, METH_VARARGS,
-     "wait_published($self, seq, token, timeout, /)\n--\n\nWait (timeout<0: forever); returns (state, reason)."},
+     "wait_published($self, info, timeout, /)\n--\n\nWait (timeout<0: forever); returns (state, reason)."},
+    {"flush", (PyCFunction)conn_flush, METH_VARARGS,
+     "flush($self, timeout, /)\n--\n\nWait (timeout<0: forever) until every accepted publish is "
+     "acknowledged (QoS>0) or written (QoS 0); returns whether the outbox is empty."},
     {"subscribe", (PyCFunction)conn_subscribe, METH_VARARGS,
      "subscribe($self, items, props=None, /)\n--\n\n"
      "items: [(filter, qos, no_local, retain_as_published, retain_handling)]; returns reason codes."},
@@ -1536,7 +1680,8 @@ static PyMethodDef conn_methods[] = {
      "fileno($self, /)\n--\n\nAn eventfd that is readable while events are queued."},
     {"is_connected", (PyCFunction)conn_is_connected, METH_NOARGS, "is_connected($self, /)\n--\n\n"},
     {"set_options", (PyCFunction)(void (*)(void))conn_set_options, METH_VARARGS | METH_KEYWORDS,
-     "set_options($self, /, want_published=-1, queue_max=-1, spin_us=-1, nodelay=-1)\n--\n\n"
+     "set_options($self, /, want_published=-1, queue_max=-1, spin_us=-1, nodelay=-1, max_queued=-1,"
+     " queue_qos0=-1)\n--\n\n"
      "Tune the connection; -1 leaves a setting unchanged.  nodelay applies from the next connect."},
     {"stats", (PyCFunction)conn_stats, METH_NOARGS, "stats($self, /)\n--\n\nCounters, for tests and tuning."},
     {NULL}

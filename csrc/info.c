@@ -11,8 +11,7 @@ typedef struct {
     PyObject_HEAD
     int mid;
     int rc;
-    unsigned long long seq;
-    int token;
+    sb_out *out;       /* the outbox record (one reference), NULL for QoS 0 sent at once */
     PyObject *conn;    /* the Connection, to wait on; strong reference */
     PyObject *topic;   /* for error messages */
 } sb_info;
@@ -24,27 +23,49 @@ static void
 info_dealloc(sb_info *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    if (self->out != NULL) {
+        /* the record's references are guarded by the connection's mu; its
+         * holders never wait for the GIL, so taking it here cannot deadlock */
+        sb_client *c = (sb_client *)self->conn;
+        pthread_mutex_lock(&c->mu);
+        sb_out_release_locked(self->out);
+        pthread_mutex_unlock(&c->mu);
+        self->out = NULL;
+    }
     Py_CLEAR(self->conn);
     Py_CLEAR(self->topic);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
 
-/* GIL held.  tp: the registered subclass (or the base type). */
+/* GIL held.  tp: the registered subclass (or the base type).  out: a
+ * record whose reference the new object takes over (NULL: none). */
 PyObject *
-sb_info_new(sb_state *st, int rc, int mid, unsigned long long seq, int token, PyObject *conn, PyObject *topic)
+sb_info_new(sb_state *st, int rc, int mid, sb_out *out, PyObject *conn, PyObject *topic)
 {
     PyTypeObject *tp = st->InfoSubtype ? st->InfoSubtype : st->InfoType;
     sb_info *self = (sb_info *)tp->tp_alloc(tp, 0);
     if (self == NULL)
-        return NULL;
+        return NULL;   /* the caller still owns out's reference */
     self->rc = rc;
     self->mid = mid;
-    self->seq = seq;
-    self->token = token;
+    self->out = out;
     self->conn = Py_NewRef(conn);
     self->topic = Py_NewRef(topic);
     return (PyObject *)self;
+}
+
+/* The record behind an info object of conn (borrowed; NULL for a QoS 0
+ * publish sent at once).  -1 with TypeError for anything else. */
+int
+sb_info_record(sb_state *st, PyObject *info, PyObject *conn, sb_out **out)
+{
+    if (!PyObject_TypeCheck(info, st->InfoType) || ((sb_info *)info)->conn != conn) {
+        PyErr_SetString(PyExc_TypeError, "expected a PublishInfo returned by this connection's publish()");
+        return -1;
+    }
+    *out = ((sb_info *)info)->out;
+    return 0;
 }
 
 static PyObject *
@@ -98,15 +119,21 @@ info_set_rc(sb_info *self, PyObject *value, void *closure)
     return 0;
 }
 
+/* Does the outbox keep this message (QoS>0, or a queued QoS 0)? */
+static PyObject *
+info_get_queued(sb_info *self, void *closure)
+{
+    return PyBool_FromLong(self->out != NULL);
+}
+
 static PyGetSetDef info_getset[] = {
     {"rc", (getter)info_get_rc, (setter)info_set_rc, "MQTTErrorCode of the publish call.", NULL},
+    {"_queued", (getter)info_get_queued, NULL, NULL, NULL},
     {NULL}
 };
 
 static PyMemberDef info_members[] = {
     {"mid", T_INT, offsetof(sb_info, mid), 0, "Message id of this publish."},
-    {"_seq", T_ULONGLONG, offsetof(sb_info, seq), READONLY, NULL},
-    {"_token", T_INT, offsetof(sb_info, token), READONLY, NULL},
     {"_conn", T_OBJECT, offsetof(sb_info, conn), READONLY, NULL},
     {"_topic", T_OBJECT, offsetof(sb_info, topic), READONLY, NULL},
     {NULL}

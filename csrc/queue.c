@@ -67,6 +67,8 @@ sb_queue_init(sb_client *c)
         return rc;
     if ((rc = init_cond(&c->win_cv)) != 0)
         return rc;
+    if ((rc = init_cond(&c->ob_cv)) != 0)
+        return rc;
     c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (c->efd < 0)
         return errno;
@@ -178,12 +180,17 @@ sb_queue_clear(sb_client *c)
 {
     sb_event *ev, *next;
     Py_ssize_t n;
-    pthread_mutex_lock(&c->mu);
-    ev = sb_queue_take_locked(c, 0, &n);
-    c->messages_dropped_on_close += (uint64_t)n;
-    pthread_mutex_unlock(&c->mu);
-    for (; ev; ev = next) {
-        next = ev->next;
-        sb_event_free(ev);
+    /* take_locked ends a batch at each posted object: take until empty */
+    for (;;) {
+        pthread_mutex_lock(&c->mu);
+        ev = sb_queue_take_locked(c, 0, &n);
+        c->messages_dropped_on_close += (uint64_t)n;
+        pthread_mutex_unlock(&c->mu);
+        if (ev == NULL)
+            break;
+        for (; ev; ev = next) {
+            next = ev->next;
+            sb_event_free(ev);
+        }
     }
 }

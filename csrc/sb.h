@@ -108,20 +108,37 @@ typedef struct sb_event {
     PyObject *obj;
 } sb_event;
 
-/* ---- publish tracking --------------------------------------------------- */
+/* ---- the outbox: every publish the client must still deliver ------------- */
 
-enum sb_slot_state { SB_PUB_FREE = 0, SB_PUB_PENDING, SB_PUB_DONE, SB_PUB_FAILED, SB_PUB_LOST };
+/* A record's state.  The first four are also what wait_published() reports
+ * (QUEUED and PENDING both read as "pending" from Python). */
+enum sb_slot_state { SB_PUB_FREE = 0, SB_PUB_PENDING, SB_PUB_DONE, SB_PUB_FAILED, SB_PUB_LOST,
+                     SB_PUB_QUEUED };
 
-/* One slot per paho message id (1..65535).  A slot is reused only after paho
- * has let go of its message id, so keeping one generation of history (prev_*)
- * answers any waiter that is not 65535 publishes behind. */
+/* One accepted publish (QoS>0 always; QoS 0 only while queued), with its own
+ * copy of topic and payload so that it can be sent again after a reconnect.
+ * Owned by the outbox while QUEUED or PENDING, and by each PublishInfo that
+ * refers to it; freed when the last owner lets go.  Guarded by the client's
+ * mu; never touches Python (paho's threads complete records). */
+typedef struct sb_out {
+    struct sb_out *next;        /* queue link while QUEUED */
+    uint64_t seq;               /* publish order */
+    int mid;                    /* our message id, what the user sees */
+    int token;                  /* paho's message id while PENDING, else 0 */
+    int refs;
+    unsigned char qos, retain, state, reason;
+    int has_props;
+    MQTTProperties props;       /* MQTT 5 properties (paho-allocated copy) */
+    int topic_len, len;
+    char *topic, *payload;      /* inside this allocation */
+} sb_out;
+
+/* One slot per paho message id (1..65535): the record paho is delivering
+ * under that id.  A completion that beats the publisher to its slot (paho
+ * can read the PUBACK before MQTTClient_publish returns) is noted in early. */
 typedef struct {
-    uint64_t seq, prev_seq;
-    int mid;
-    unsigned char state, prev_state;
-    unsigned char reason, prev_reason;
-    unsigned char early;     /* completion seen before the publisher recorded it */
-    unsigned char early_reason;
+    sb_out *out;
+    unsigned char early, early_reason;
 } sb_slot;
 
 #define SB_SLOTS 65536
@@ -167,6 +184,16 @@ typedef struct {
     int next_mid;
     int want_published;         /* queue SB_EV_PUBLISHED events (on_publish set) */
     sb_slot *slots;
+    /* the outbox (outbox.c) */
+    sb_out *q_head, *q_tail;    /* QUEUED records, in publish order */
+    Py_ssize_t ob_count;        /* records QUEUED or PENDING */
+    Py_ssize_t ob_max;          /* bound on ob_count; 0: none (paho's max_queued_messages) */
+    int queue_qos0;             /* queue QoS 0 publishes while disconnected too */
+    int sending;                /* threads inside a paho publish call */
+    int flush_busy;             /* the flusher holds a record it is sending */
+    int flusher_started;
+    pthread_t flusher;
+    pthread_cond_t ob_cv;       /* the flusher waits for work */
     char tls_error[512];        /* last TLS error text from paho's ssl_error_cb */
     uint64_t messages_in, messages_dropped_on_close;
     uint64_t producer_waits;
@@ -190,7 +217,7 @@ void sb_cb_connection_lost(void *ctx, char *cause);
 void sb_cb_published(void *ctx, int dt, int packet_type, MQTTProperties *props,
                      enum MQTTReasonCodes rc);
 int sb_cb_ssl_error(const char *str, size_t len, void *ctx);
-void sb_mark_pending_lost_locked(sb_client *c);
+
 int sb_blocked_threads(void);
 void sb_dispatching_enter(void);                /* this thread runs callbacks */
 void sb_dispatching_leave(void);
@@ -198,14 +225,29 @@ int sb_is_dispatching(void);
 void sb_blocking_enter_locked(sb_client *c);   /* a thread waits on paho's receive thread */
 void sb_blocking_leave_locked(sb_client *c);
 
+/* outbox.c: records, the queue, the flusher thread, completion (no Python) */
+sb_out *sb_out_new(const char *topic, Py_ssize_t topic_len, const void *payload, Py_ssize_t len,
+                   int qos, int retain, const MQTTProperties *props);
+void sb_out_release_locked(sb_out *o);
+void sb_outbox_enqueue_locked(sb_client *c, sb_out *o);
+void sb_outbox_sent_locked(sb_client *c, sb_out *o, int token);
+void sb_outbox_complete_locked(sb_client *c, int token, int state, int reason);
+void sb_outbox_after_connect_locked(sb_client *c, const int *held_tokens, int n_held);
+void sb_outbox_close_locked(sb_client *c);
+void sb_outbox_stop_flusher_nogil(sb_client *c);
+int sb_outbox_idle_locked(const sb_client *c);
+void sb_push_published_locked(sb_client *c, int mid, int reason);
+int sb_paho_publish_nogil(sb_client *c, const char *topic, int len, const void *payload, int qos,
+                          int retain, MQTTProperties *props, int *token);
+
 /* message.c */
 extern PyType_Spec sb_message_spec;
 PyObject *sb_message_from_event(sb_state *st, sb_event *ev);
 
 /* info.c */
 extern PyType_Spec sb_info_spec;
-PyObject *sb_info_new(sb_state *st, int rc, int mid, unsigned long long seq, int token,
-                      PyObject *conn, PyObject *topic);
+PyObject *sb_info_new(sb_state *st, int rc, int mid, sb_out *out, PyObject *conn, PyObject *topic);
+int sb_info_record(sb_state *st, PyObject *info, PyObject *conn, sb_out **out);
 
 /* properties.c */
 int sb_props_from_pairs(PyObject *pairs, MQTTProperties *out);

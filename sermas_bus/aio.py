@@ -266,16 +266,19 @@ class AsyncClient:
     async def publish(self, topic: str, payload: Any = None, qos: int = 1, retain: bool = False,
                       properties: Any = None, *, timeout: Optional[float] = None) -> MQTTMessageInfo:
         """Publish; for QoS>0 returns once the broker acknowledged (PUBACK /
-        PUBCOMP), for QoS 0 once written.  Raises what ``wait_for_publish``
-        raises: ``TimeoutError`` (after ``timeout`` s; the message stays in
-        flight), ``ConnectionLostError``, ``PublishError``, ``NotConnectedError``.
-        Cancelling the await does not cancel the message."""
+        PUBCOMP), for QoS 0 once written.  While disconnected a QoS>0 message
+        waits in the outbox and this returns once it was delivered after the
+        reconnect.  Raises what ``wait_for_publish`` raises: ``TimeoutError``
+        (after ``timeout`` s; the message stays in the outbox),
+        ``ConnectionLostError`` (closed first), ``PublishError``,
+        ``NotConnectedError`` (QoS 0 while disconnected), ``ValueError``
+        (outbox full).  Cancelling the await does not cancel the message."""
         loop = self._ensure_attached()
         if qos and len(self._pending) >= self._window:
             await self._window_room(loop)
         info = self._client.publish(topic, payload, qos, retain, properties)
-        if info.rc != MQTT_ERR_SUCCESS:
-            raise info._not_sent()
+        if info.rc != MQTT_ERR_SUCCESS and not info._queued:
+            raise info._not_sent()      # QoS 0 while disconnected, or a full outbox
         if not qos:
             return info
         fut: "asyncio.Future[Any]" = loop.create_future()
@@ -456,6 +459,11 @@ class AsyncClient:
         rc = await self._in_executor(self._client.disconnect, reasoncode, properties, timeout)
         self._settle_all()
         return rc
+
+    async def flush(self, timeout: Optional[float] = None) -> bool:
+        """``Client.flush`` in an executor thread: wait until every accepted
+        publish is delivered; False if ``timeout`` s passed first."""
+        return bool(await self._in_executor(self._client.flush, timeout))
 
     async def subscribe(self, topic: Any, qos: int = 1, options: Any = None,
                         properties: Any = None) -> Tuple[Any, Optional[int]]:

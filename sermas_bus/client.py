@@ -106,22 +106,28 @@ class MQTTMessageInfo(_core.PublishInfo):
 
     def _not_sent(self) -> Exception:
         if self.rc == MQTT_ERR_QUEUE_SIZE:
-            return ValueError(f"message mid={self.mid} was not queued: too many messages in flight")
+            return ValueError(f"message mid={self.mid} was not queued: the outbox is full "
+                              "(max_queued_messages_set); wait for publishes to complete or raise the bound")
         return NotConnectedError(
-            f"message mid={self.mid} to {self._topic!r} was not sent: the client was not connected "
-            "(publish after on_connect, or check info.rc)")
+            f"QoS 0 message mid={self.mid} to {self._topic!r} was not sent: the client was not connected "
+            "(QoS 0 is not kept while disconnected, as in paho-mqtt; use QoS 1, or publish after on_connect)")
 
     def _state(self, timeout: float) -> Tuple[int, int]:
-        if self.rc != MQTT_ERR_SUCCESS:
+        # rc NO_CONN with a record: queued for the reconnect (paho's answer
+        # for a QoS>0 message it keeps); without one it was dropped
+        if self.rc != MQTT_ERR_SUCCESS and (self.rc != MQTT_ERR_NO_CONN or self._conn is None
+                                            or not self._queued):
             raise self._not_sent()
-        return self._conn.wait_published(self._seq, self._token, timeout)
+        return self._conn.wait_published(self, timeout)
 
     def wait_for_publish(self, timeout: Optional[float] = None) -> None:
         """Block until the broker acknowledged the message (QoS>0) or it was
-        written (QoS 0).  Raises TimeoutError, ConnectionLostError (the
-        connection dropped first; with a persistent session it may still be
-        delivered after the reconnect), PublishError (MQTT 5 refusal) or
-        NotConnectedError (it was never sent)."""
+        written (QoS 0).  A message published while disconnected waits in the
+        outbox and is sent after the reconnect; this waits for that too.
+        Raises TimeoutError, ConnectionLostError (the client was closed before
+        the broker acknowledged it), PublishError (MQTT 5 refusal),
+        ValueError (the outbox was full) or NotConnectedError (a QoS 0
+        message published while disconnected: dropped, as in paho-mqtt)."""
         state, reason = self._state(-1.0 if timeout is None else max(0.0, float(timeout)))
         if state == _core.PUB_DONE:
             return
@@ -131,13 +137,17 @@ class MQTTMessageInfo(_core.PublishInfo):
                 f"{_core.reason_string(reason)} (reason code 0x{reason:02X})")
         if state == _core.PUB_LOST:
             raise ConnectionLostError(
-                f"the connection was lost before the broker acknowledged message mid={self.mid}")
+                f"the client was closed before the broker acknowledged message mid={self.mid} "
+                f"to {self._topic!r}; it may not have been delivered")
         raise TimeoutError(f"message mid={self.mid} not acknowledged within {timeout} s")
 
     def is_published(self) -> bool:
-        if self.rc != MQTT_ERR_SUCCESS or self._conn is None:
+        if self._conn is None:
             return False
-        return self._conn.wait_published(self._seq, self._token, 0.0)[0] == _core.PUB_DONE
+        try:
+            return self._state(0.0)[0] == _core.PUB_DONE
+        except (ValueError, NotConnectedError):
+            return False
 
 
 _core._set_info_type(MQTTMessageInfo, {int(code): code for code in MQTTErrorCode})
@@ -401,11 +411,20 @@ class Client:
         self._max_inflight = inflight or 65535
 
     def max_queued_messages_set(self, queue_size: int) -> "Client":
-        """Bound on received messages waiting for the loop (back-pressure past it)."""
-        if queue_size < 0:
-            raise ValueError("queue_size must be >= 0")
-        self._conn.set_options(queue_max=queue_size or 1_000_000)
+        """Bound on outgoing QoS>0 messages not yet acknowledged (queued while
+        disconnected, or in flight), as in paho: past it ``publish`` answers
+        ``MQTT_ERR_QUEUE_SIZE``.  0 (the default) means no bound.  The inbound
+        queue is bounded by ``Client(queue_max=...)``."""
+        if not isinstance(queue_size, int) or queue_size < 0:
+            raise ValueError("queue_size must be an int >= 0")
+        self._conn.set_options(max_queued=queue_size)
         return self
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every message ``publish`` accepted is acknowledged
+        (QoS>0) or written (QoS 0), including those queued while
+        disconnected.  Returns False if ``timeout`` s passed first."""
+        return self._conn.flush(-1.0 if timeout is None else max(0.0, float(timeout)))
 
     def message_retry_set(self, retry: int) -> None:
         """Deprecated in paho too; retries are the library's business."""

@@ -10,6 +10,7 @@
      +-- TimeoutError (builtins.TimeoutError)    did not complete in time
      +-- ProtocolError (ValueError)              option impossible in this MQTT version
      +-- PublishError                            broker refused a publish (reason code)
+     +-- OutboxFullError                         too many publishes wait for the broker
      +-- SubscribeError                          broker refused a subscription
      +-- ForkError (RuntimeError)                client used in a forked child
      +-- ClosedError (RuntimeError)              client already closed
@@ -36,8 +37,16 @@ from ._core import (  # noqa: F401
     TLSError,
 )
 
+
+
+class OutboxFullError(SermasBusError):
+    """The outbox holds its maximum of publishes not yet delivered (the
+    client is offline, or the broker is slower than the publisher).  Wait
+    (``flush()``) and retry, or raise the bound (``max_queued``)."""
+
+
 __all__ = [
     "SermasBusError", "ConnectError", "NotAuthorizedError", "TLSError", "ProtocolVersionError",
     "ConnectionLostError", "NotConnectedError", "TimeoutError", "ProtocolError", "PublishError",
-    "SubscribeError", "ForkError", "ClosedError", "JSONDecodeError",
+    "SubscribeError", "ForkError", "ClosedError", "JSONDecodeError", "OutboxFullError",
 ]

@@ -29,7 +29,7 @@ from . import json as sbjson
 from . import topics as _topics
 from ._queues import drain
 from .auth import ClientCredentials, ProviderToken, StaticToken, Token, TokenSource, UserLogin
-from .errors import TimeoutError
+from .errors import OutboxFullError, TimeoutError
 from ._core import FilterTrie
 from .packettypes import PacketTypes
 from .properties import Properties
@@ -102,7 +102,7 @@ class SermasClient:
                  token_provider: Optional[Callable[[], Any]] = None, mqtt_url: Any = None,
                  mqtt_client_id: Optional[str] = None, tls_context: Any = None,
                  refresh_margin: float = 30.0, session_expiry: int = 3600, start_loop: bool = True,
-                 connect_timeout: float = 10.0, max_inflight: int = 100):
+                 connect_timeout: float = 10.0, max_inflight: int = 100, max_queued: int = 10000):
         if not app_id:
             raise ValueError("app_id is required: every SERMAS topic starts with app/<appId>/")
         self.base_url = base_url.rstrip("/")
@@ -119,6 +119,13 @@ class SermasClient:
                                    client_id=mqtt_client_id or f"sermas-{app_id}-{uuid.uuid4().hex[:12]}")
         self._client._clean_session = False          # if the broker forces MQTT 3.1.1
         self._client.max_inflight_messages_set(max_inflight)
+        # the outbox: events published while offline (any QoS: a SERMAS event
+        # should still go out after the reconnect) wait, bounded, in C
+        if not isinstance(max_queued, int) or max_queued < 1:
+            raise ValueError("max_queued must be an int >= 1")
+        self.max_queued = max_queued
+        self._client.max_queued_messages_set(max_queued)
+        self._client._conn.set_options(queue_qos0=True)
         self._client.connect_timeout_set(connect_timeout)
         if tls_context is not None:
             self._client.tls_set_context(tls_context)
@@ -255,16 +262,26 @@ class SermasClient:
         """Publish an event.  ``target``: a topic name (``"dialogue.messages"``),
         a template (``"app/:appId/ui/content"``) or a concrete topic.  Dicts and
         other JSON-able objects are encoded as JSON (in C); bytes go out raw;
-        str as UTF-8.  Waits (up to connect_timeout) through a token-refresh
-        reconnect instead of failing."""
+        str as UTF-8.  Never blocks for an outage: while the client is
+        offline (a token-refresh reconnect, a network cut, before connect())
+        the event waits in the outbox (any QoS, at most ``max_queued``) and
+        goes out after the reconnect; ``info.wait_for_publish()`` or
+        ``flush()`` wait for it.  Raises OutboxFullError when the outbox is
+        full."""
         topic = self.topic(target, payload, **params)
         data = self._encode(payload)
-        deadline = time.monotonic() + self.connect_timeout
-        while True:
-            info = self._client.publish(topic, data, qos, retain, properties)
-            if info.rc != mqtt.MQTT_ERR_NO_CONN or time.monotonic() >= deadline:
-                return info
-            time.sleep(0.005)   # reconnecting (token refresh or network): try again shortly
+        info = self._client.publish(topic, data, qos, retain, properties)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            raise OutboxFullError(
+                f"cannot publish to {topic!r}: {self.max_queued} events are already waiting for the "
+                "broker (the client is offline or the broker is slow); wait (bus.flush()) and retry, "
+                "or raise SermasClient(max_queued=...)")
+        return info
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every event published so far is delivered (QoS>0:
+        acknowledged; QoS 0: written).  False if ``timeout`` s passed first."""
+        return self._client.flush(timeout)
 
     # ---- subscribe --------------------------------------------------------------
 

@@ -210,29 +210,56 @@ def test_await_publish_times_out_without_blocking_the_loop(fresh_broker, unique_
 
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("how", ["disconnect", "kill"])
-def test_await_publish_raises_connection_lost(fresh_broker, unique_topic, how):
+def test_await_publish_survives_an_outage(fresh_broker, unique_topic, how):
+    """The connection goes before the PUBACK: the message stays in the outbox
+    and the await completes once it is delivered after the reconnect."""
     async def main():
         c = AsyncClient(host=fresh_broker.url("tcp"))
-        c.reconnect_delay_set(0.2, 0.5)
+        c.reconnect_delay_set(0.1, 0.3)
         async with c:
             pid = sigstop(fresh_broker)
             try:
-                task = asyncio.create_task(c.publish(unique_topic + "lost", b"x", timeout=20))
+                task = asyncio.create_task(c.publish(unique_topic + "kept", b"x", timeout=20))
                 await asyncio.sleep(0.2)
                 assert not task.done()
-                started = time.monotonic()
                 if how == "disconnect":
                     await c.disconnect(timeout=0.2)
                 else:
                     fresh_broker.kill()
-                with pytest.raises(errors.ConnectionLostError):
-                    await task
-                assert time.monotonic() - started < 5
             finally:
                 sigcont(pid)
+            await asyncio.sleep(0.3)
+            assert not task.done(), "the await ended although the message was not delivered"
+            if how == "disconnect":
+                await c.connect(fresh_broker.url("tcp"))
+            else:
+                await asyncio.get_running_loop().run_in_executor(None, fresh_broker.start)
+            info = await asyncio.wait_for(task, 15)
+            assert info.is_published()
+            assert await c.flush(5)
             assert c._pending == {}
+
+    run(main())
+
+
+@pytest.mark.timeout(40)
+def test_await_publish_raises_connection_lost_on_close(unique_topic):
+    async def main():
+        c = AsyncClient()
+        task = asyncio.create_task(c.publish(unique_topic + "gone", b"x", timeout=20))
+        await asyncio.sleep(0.1)
+        assert not task.done()
+        started = time.monotonic()
+        await c.close()
+        with pytest.raises(errors.ConnectionLostError):
+            await task
+        assert time.monotonic() - started < 5
+        nc = AsyncClient()
+        try:
             with pytest.raises(errors.NotConnectedError):
-                await c.publish(unique_topic + "nc", b"x")
+                await nc.publish(unique_topic + "nc", b"x", qos=0)
+        finally:
+            await nc.close()
 
     run(main())
 

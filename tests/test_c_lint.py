@@ -2,8 +2,11 @@
 
 1. Every MQTTClient_* call that can block or take paho's global mutex sits
    inside a Py_BEGIN_ALLOW_THREADS ... Py_END_ALLOW_THREADS region.
-2. Code that runs on paho's threads (callbacks.c) never touches Python.
+2. Code that runs on paho's threads (callbacks.c, outbox.c) never touches Python.
 3. No PyGILState_Ensure without a matching Release (we use none at all).
+4. paho's reasonCode (an unsigned enum) is compared only as an int: gcc does
+   not warn that ``resp.reasonCode < 0`` is always false, and that hid
+   failed publishes and subscribes as successes.
 """
 import pathlib
 import re
@@ -48,10 +51,20 @@ def test_paho_calls_release_the_gil(path):
     assert not problems, "\n".join(problems)
 
 
-def test_paho_thread_code_never_touches_python():
-    text = _strip_comments((CSRC / "callbacks.c").read_text())
+@pytest.mark.parametrize("name", ["callbacks.c", "outbox.c"])
+def test_paho_thread_code_never_touches_python(name):
+    text = _strip_comments((CSRC / name).read_text())
     forbidden = re.findall(r"\b(Py(?!Mem_Raw)\w+|_Py\w+)\s*\(", text)
-    assert not forbidden, f"callbacks.c calls Python APIs on paho's threads: {sorted(set(forbidden))}"
+    assert not forbidden, f"{name} calls Python APIs on paho's threads: {sorted(set(forbidden))}"
+
+
+@pytest.mark.parametrize("path", sorted(CSRC.glob("*.c")), ids=lambda p: p.name)
+def test_reason_codes_compared_as_int(path):
+    """``x.reasonCode < 0`` on paho's unsigned enum is always false."""
+    text = _strip_comments(path.read_text())
+    pattern = r"(\(int\)\s*)?\b\w+(?:\.|->)reasonCode\s*(?:<|<=|>=|>)\s*-?\d"
+    bad = [m.group(0) for m in re.finditer(pattern, text) if not m.group(1)]
+    assert not bad, f"{path.name}: compare reasonCode as (int): {bad}"
 
 
 def test_gilstate_pairs_balanced():

@@ -14,7 +14,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,6 +30,7 @@ from sermas_bus.properties import Properties
 from sermas_bus.subscribeoptions import SubscribeOptions
 
 from fake_broker import FakeBroker
+from support import Events, Inbox, free_port, open_fds, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,84 +41,6 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-class Inbox:
-    """on_message (3 arguments) recording messages."""
-
-    def __init__(self):
-        self.messages = []
-        self._cond = threading.Condition()
-
-    def __call__(self, client, userdata, msg):
-        with self._cond:
-            self.messages.append(msg)
-            self._cond.notify_all()
-
-    def wait(self, n, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.messages) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError("expected {} message(s) within {} s, got {}: {}".format(
-                        n, timeout, len(self.messages), [m.payload for m in self.messages][:20]))
-                self._cond.wait(left)
-            return list(self.messages)
-
-    @property
-    def payloads(self):
-        with self._cond:
-            return [m.payload for m in self.messages]
-
-
-class Events:
-    """Records (name, args) of callbacks, with waiting."""
-
-    def __init__(self):
-        self.items = []
-        self._cond = threading.Condition()
-
-    def recorder(self, name):
-        def record(*args):
-            with self._cond:
-                self.items.append((name, args))
-                self._cond.notify_all()
-        return record
-
-    def count(self, name):
-        with self._cond:
-            return sum(1 for n, _ in self.items if n == name)
-
-    def wait_for(self, name, count=1, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while sum(1 for n, _ in self.items if n == name) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError("expected {} x {} within {} s; events: {}".format(
-                        count, name, timeout, [n for n, _ in self.items]))
-                self._cond.wait(left)
-            return [args for n, args in self.items if n == name]
-
-
-def wait_until(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after {} s waiting for {}".format(timeout, what))
-        time.sleep(0.005)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def open_fds():
-    return len(os.listdir("/proc/self/fd"))
 
 
 # ---------------------------------------------------------------------------
@@ -328,66 +250,8 @@ def test_wait_for_publish_times_out_when_broker_is_stopped(fresh_broker, make_cl
     assert info.is_published()
 
 
-@pytest.mark.parametrize("how", ["disconnect", "kill"])
-def test_wait_for_publish_raises_connection_lost(fresh_broker, make_client, unique_topic, how):
-    c = make_client()
-    c.connect(fresh_broker.url("tcp"))
-    c.loop_start()
-    pid = fresh_broker.pid
-    os.kill(pid, signal.SIGSTOP)
-    outcome = []
-    try:
-        info = c.publish(unique_topic + "lost", b"x", 1)
-
-        def waiter():
-            started = time.monotonic()
-            try:
-                info.wait_for_publish(20)
-                outcome.append(("returned", time.monotonic() - started))
-            except Exception as exc:   # recorded for the assertion below
-                outcome.append((exc, time.monotonic() - started))
-
-        t = threading.Thread(target=waiter, daemon=True)
-        t.start()
-        time.sleep(0.2)
-        assert not outcome
-        if how == "disconnect":
-            c.disconnect(timeout=0.2)
-        else:
-            fresh_broker.kill()
-        t.join(10)
-        assert not t.is_alive(), "wait_for_publish did not return"
-    finally:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-    exc, elapsed = outcome[0]
-    assert isinstance(exc, errors.ConnectionLostError), exc
-    assert elapsed < 5
-    assert not info.is_published()
-
-
-def test_publish_while_not_connected(broker, make_client, unique_topic):
-    never = make_client()
-    for qos in (0, 1, 2):
-        info = never.publish(unique_topic + "nc", b"x", qos)
-        assert info.rc == mqtt.MQTT_ERR_NO_CONN
-        rc, mid = info
-        assert rc == mqtt.MQTT_ERR_NO_CONN
-        assert not info.is_published()
-        with pytest.raises(errors.NotConnectedError):
-            info.wait_for_publish(1)
-
-    was = make_client()
-    was.connect(broker.url("tcp"))
-    was.disconnect()
-    info = was.publish(unique_topic + "nc", b"x", 1)
-    assert info.rc == mqtt.MQTT_ERR_NO_CONN
-    started = time.monotonic()
-    with pytest.raises(errors.NotConnectedError):
-        info.wait_for_publish(5)
-    assert time.monotonic() - started < 1     # at once, not after the timeout
+# What happens to a publish across an outage, before the first connect and
+# at close(): tests/test_outbox.py.
 
 
 # ---------------------------------------------------------------------------
@@ -495,8 +359,7 @@ def test_back_pressure_bounds_the_queue_and_loses_nothing(quiet_broker, make_cli
         if len(got) == n:
             done.set()
 
-    sub = make_client()
-    assert sub.max_queued_messages_set(bound) is sub
+    sub = make_client(queue_max=bound)
     sub.on_message = on_message
     sub.connect(quiet_broker.url("tcp"))
     sub.subscribe(topic, 1)
@@ -558,9 +421,7 @@ def test_close_and_disconnect_under_load(quiet_broker, make_client, unique_topic
 
             on_message = make_on_message(got, slow)
 
-            c = mqtt.Client(V2)
-            if slow:
-                c.max_queued_messages_set(20)
+            c = mqtt.Client(V2, queue_max=20) if slow else mqtt.Client(V2)
             c.on_message = on_message
             c.connect(quiet_broker.url("tcp"))
             c.subscribe(topic, 1)
@@ -746,9 +607,8 @@ EXIT_SCRIPT = textwrap.dedent('''
         elif mode == "slow-callback-backlog":
             time.sleep(0.2)
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    if mode == "backpressured":
-        c.max_queued_messages_set(5)     # paho's receive thread waits for room at exit
+    # backpressured: paho's receive thread waits for room at exit
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, queue_max=5 if mode == "backpressured" else 10000)
     c.on_message = on_message
     c.connect(url)
     c.subscribe(topic, 1)
