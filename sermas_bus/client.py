@@ -307,6 +307,86 @@ class Client:
     on_log = property(lambda s: s._get_cb("on_log"), lambda s, f: s._set_cb("on_log", f))
     on_pre_connect = property(lambda s: s._get_cb("on_pre_connect"), lambda s, f: s._set_cb("on_pre_connect", f))
 
+    # ---- paho 2.x callback decorators ----
+    # ``@client.connect_callback()`` etc.: each assigns the matching on_* callback
+    # (checked like an assignment) and returns the function unchanged, as in paho.
+
+    def _callback_decorator(self, attr: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+            setattr(self, attr, func)
+            return func
+        return decorator
+
+    def connect_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@client.connect_callback()`` sets ``on_connect``."""
+        return self._callback_decorator("on_connect")
+
+    def connect_fail_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@client.connect_fail_callback()`` sets ``on_connect_fail``."""
+        return self._callback_decorator("on_connect_fail")
+
+    def disconnect_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@client.disconnect_callback()`` sets ``on_disconnect``."""
+        return self._callback_decorator("on_disconnect")
+
+    def message_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@client.message_callback()`` sets ``on_message``."""
+        return self._callback_decorator("on_message")
+
+    def publish_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@client.publish_callback()`` sets ``on_publish``."""
+        return self._callback_decorator("on_publish")
+
+    def subscribe_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@client.subscribe_callback()`` sets ``on_subscribe``."""
+        return self._callback_decorator("on_subscribe")
+
+    def unsubscribe_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@client.unsubscribe_callback()`` sets ``on_unsubscribe``."""
+        return self._callback_decorator("on_unsubscribe")
+
+    def log_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@client.log_callback()`` sets ``on_log``."""
+        return self._callback_decorator("on_log")
+
+    def pre_connect_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@client.pre_connect_callback()`` sets ``on_pre_connect``."""
+        return self._callback_decorator("on_pre_connect")
+
+    # The socket is paho.mqtt.c's, read and written by its own thread: there is
+    # no socket to hand to an external event loop.  A program that registers
+    # on_socket_open / on_socket_close does so to add_reader() the socket and
+    # would silently never receive anything, so those decorators raise.  The
+    # write-side ones are honoured by never being needed: want_write() is
+    # always False, so on_socket_register_write has nothing to announce.
+
+    def _socket_lifecycle_unsupported(self, name: str) -> ProtocolError:
+        return ProtocolError(
+            f"{name}() is not supported: the socket belongs to paho.mqtt.c's network thread, so "
+            f"on_{name[:-len('_callback')]} would never be called; for an external event loop, "
+            "after connect() add_reader(client.socket(), client.loop_read) (its fileno() is readable "
+            "while received events wait) and call loop_misc() periodically, or use sermas_bus.aio")
+
+    def socket_open_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Raises ``ProtocolError``: the socket is paho.mqtt.c's (use ``socket()``)."""
+        raise self._socket_lifecycle_unsupported("socket_open_callback")
+
+    def socket_close_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Raises ``ProtocolError``: the socket is paho.mqtt.c's (use ``socket()``)."""
+        raise self._socket_lifecycle_unsupported("socket_close_callback")
+
+    def socket_register_write_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: sets ``on_socket_register_write``, which is never called:
+        paho.mqtt.c's thread writes, ``want_write()`` is always False."""
+        return self._callback_decorator("on_socket_register_write")
+
+    def socket_unregister_write_callback(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: sets ``on_socket_unregister_write``, which is never called
+        (nothing is ever registered for writing)."""
+        return self._callback_decorator("on_socket_unregister_write")
+
+    # ---- end of paho 2.x callback decorators ----
+
     def message_callback_add(self, sub: str, callback: Callable[..., Any]) -> None:
         """Route messages matching ``sub`` to ``callback`` instead of on_message."""
         validate_topic_filter(sub)
