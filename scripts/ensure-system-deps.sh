@@ -2,9 +2,13 @@
 # Install the Debian packages sermas_bus needs to build and test, only if missing.
 # Used by `make test` / `make demo` on a fresh Debian machine (root or sudo).
 # mosquitto-dev + libssl-dev: the LocalBus plugin (plugin/sermas_jwt_auth.c).
+# rabbitmq-server + nats-server: the interoperability tests (tests/test_interop.py)
+# start private instances on free loopback ports; the system services they
+# install are left alone.
 set -euo pipefail
 
-pkgs=(gcc libpaho-mqtt-dev libcjson-dev mosquitto mosquitto-dev libssl-dev openssl)
+pkgs=(gcc libpaho-mqtt-dev libcjson-dev mosquitto mosquitto-dev libssl-dev openssl
+      rabbitmq-server nats-server)
 py=${PYTHON:-python3}
 # Debian's own python3 needs its headers and venv; a pyenv/conda Python has them
 if [ "$(command -v "$py")" = /usr/bin/python3 ] || ! command -v "$py" >/dev/null; then

@@ -51,9 +51,11 @@ from .enums import (  # noqa: F401  (re-exported, as paho.mqtt.client does)
     CONNACK_REFUSED_SERVER_UNAVAILABLE, CallbackAPIVersion, ConnackCode, LogLevel, MQTTErrorCode,
     MQTTProtocolVersion, connack_string, error_string,
 )
+from . import _probe
 from .errors import (
-    ConnectError, ConnectionLostError, ForkError, NotConnectedError, ProtocolError, ProtocolVersionError,
-    PublishError, TimeoutError, TLSError,
+    ConnectError, ConnectionClosedError, ConnectionLostError, ForkError, NotConnectedError,
+    NothingListeningError, ProtocolError, ProtocolVersionError, PublishError, TimeoutError, TLSError,
+    WebSocketUpgradeError,
 )
 from .matcher import TopicMatcher, topic_matches_sub, validate_topic_filter  # noqa: F401
 from .packettypes import PacketTypes
@@ -184,6 +186,34 @@ def _props_pairs(properties: Optional[Properties]) -> Optional[list]:
     return properties.to_pairs()
 
 
+# The MQTT version each broker URI list accepted (the fall-back is paid once
+# per process and broker, not on every connect of a one-shot helper or CLI).
+_VERSION_THAT_WORKED: Dict[Tuple[str, ...], int] = {}
+
+
+def _explain_failure(exc: ConnectError, probes: List["_probe.Probe"], timeout: float) -> ConnectError:
+    """The specific error for a connect paho reported only as a failure."""
+    where = ", ".join(p.uri for p in probes)
+    kinds = {p.kind for p in probes}
+    details = "; ".join(p.detail for p in probes)
+    new: ConnectError
+    if kinds == {_probe.REFUSED}:
+        new = NothingListeningError(f"could not connect to {where}: {details}; is the broker running, and are "
+                                    "the host and port right?")
+    elif _probe.WS_REFUSED in kinds:
+        new = WebSocketUpgradeError(f"could not connect to {where}: the websocket upgrade was refused "
+                                    f"({details}); check the path (ws_set_options(path=...), SERMAS: /mqtt) "
+                                    "and that the port is the broker's websocket listener")
+    else:
+        new = ConnectionClosedError(
+            f"could not connect to {where}: the server accepted the connection but closed it after the MQTT "
+            f"CONNECT (or sent no CONNACK within {timeout:g} s) with MQTT 5 and with 3.1.1; is it an MQTT "
+            "listener with this transport (tcp/websockets, TLS or not)?")
+    new.rc = getattr(exc, "rc", None)
+    new.reason_code = getattr(exc, "reason_code", None)
+    return new
+
+
 @dataclasses.dataclass
 class _Subscription:
     qos: int
@@ -191,6 +221,13 @@ class _Subscription:
     retain_as_published: bool
     retain_handling: int
     properties: Optional[Properties]
+    # MQTT 5-only options are dropped on an MQTT 3.1.1 connection instead of
+    # refusing the subscription (SermasClient's noLocal and identifiers)
+    degradable: bool = False
+
+    def needs_v5(self) -> bool:
+        return bool(self.no_local or self.retain_as_published or self.retain_handling
+                    or self.properties is not None)
 
 
 class Client:
@@ -678,6 +715,47 @@ class Client:
             tls=self._tls, http_headers=self._ws_headers, timeout=self._connect_timeout,
             max_inflight=self._max_inflight)
 
+    def _fall_back(self, why: str) -> Dict[str, Any]:
+        logger.warning("broker %s %s; falling back to MQTT 3.1.1 (noLocal, retainAsPublished, "
+                       "retainHandling and properties become unavailable)", ", ".join(self._uris or []), why)
+        self._protocol = MQTTv311
+        try:
+            return self._connect_once(MQTTv311)
+        except ConnectError:
+            self._protocol = MQTTv5            # 3.1.1 did not help: try MQTT 5 first next time
+            raise
+
+    def _connect_with_fall_back(self) -> Dict[str, Any]:
+        """One connect: MQTT 5 first (unless fixed), 3.1.1 when the broker
+        refuses MQTT 5 -- by CONNACK code 1, or by closing the socket (or
+        staying silent) after the CONNECT, as RabbitMQ 3.10 and amqtt do."""
+        may_fall_back = self._protocol_auto and self._protocol == MQTTv5
+        try:
+            return self._connect_once(self._protocol)
+        except ProtocolVersionError:
+            if not may_fall_back:
+                raise
+            return self._fall_back("refused MQTT 5 (CONNACK code 1)")
+        except ConnectError as exc:
+            if type(exc) is not ConnectError:
+                raise                          # refused with a reason, TLS: nothing to retry
+            if uses_tls(self._uris or []):
+                why = self._tls_diagnosis()
+                if why is not None:
+                    raise TLSError(f"TLS handshake failed: {why}; check the CA (tls_set(ca_certs=...) or the "
+                                   "system store, SSL_CERT_FILE), the host name in the broker's certificate, "
+                                   "or use tls_insecure_set(True) for tests") from None
+            probes = [_probe.probe(u) for u in self._uris or []]
+            failure = exc
+            if may_fall_back and any(p.kind == _probe.ANSWERS for p in probes):
+                try:
+                    return self._fall_back("closed the connection after an MQTT 5 CONNECT without a CONNACK")
+                except ConnectError as again:
+                    if type(again) is not ConnectError:
+                        raise
+                    failure = again
+            raise _explain_failure(failure, probes, self._connect_timeout) from None
+
     def _connect_now(self) -> Dict[str, Any]:
         """Connect (blocking), fall back to 3.1.1 if allowed, restore
         subscriptions, and queue on_connect for the loop thread."""
@@ -690,25 +768,12 @@ class Client:
         if cb is not None:
             self._call("on_pre_connect", (self, self._userdata))
         self._log(MQTT_LOG_DEBUG, "Connecting to %s as %s", ", ".join(self._uris or []), self._client_id)
-        may_fall_back = self._protocol_auto and self._protocol == MQTTv5
-        try:
-            info = self._connect_once(self._protocol)
-        except ProtocolVersionError:
-            if not may_fall_back:
-                raise
-            logger.warning("broker %s refused MQTT 5; falling back to MQTT 3.1.1 (noLocal, "
-                           "retainAsPublished, retainHandling and properties become unavailable)",
-                           ", ".join(self._uris or []))
-            self._protocol = MQTTv311
-            info = self._connect_once(MQTTv311)
-        except ConnectError as exc:
-            if type(exc) is ConnectError and uses_tls(self._uris or []):
-                why = self._tls_diagnosis()
-                if why is not None:
-                    raise TLSError(f"TLS handshake failed: {why}; check the CA (tls_set(ca_certs=...) or the "
-                                   "system store, SSL_CERT_FILE), the host name in the broker's certificate, "
-                                   "or use tls_insecure_set(True) for tests") from None
-            raise
+        key = tuple(self._uris or ())
+        if self._protocol_auto and _VERSION_THAT_WORKED.get(key) == MQTTv311:
+            self._protocol = MQTTv311          # this broker fell back before: no MQTT 5 attempt
+        info = self._connect_with_fall_back()
+        if self._protocol_auto:
+            _VERSION_THAT_WORKED[key] = self._protocol
         self._mqtt_version = info["mqtt_version"]
         self._session = info
         first = not self._connected_once
@@ -721,14 +786,34 @@ class Client:
         return info
 
     def _restore_subscriptions(self) -> None:
+        """Subscribe again after a connect without a session.  One SUBSCRIBE
+        per set of properties; each filter is judged on its own: one the
+        connection cannot carry, or the broker refuses, is reported (log and
+        on_subscribe with its code) and dropped, the others stay."""
         with self._subs_lock:
             subs = list(self._subscriptions.items())
-        if not subs:
-            return
-        try:
-            self._send_subscribe(subs, None, notify=False)
-        except Exception as exc:   # the loop must survive; the user hears about it
-            logger.error("restoring %d subscription(s) after reconnect failed: %s", len(subs), exc)
+        groups: Dict[int, List[Tuple[str, _Subscription]]] = {}
+        for t, s in subs:
+            if self._mqtt_version != MQTTv5 and s.needs_v5() and not s.degradable:
+                logger.error("cannot restore the subscription to %r: its MQTT 5 options do not exist in "
+                             "MQTT 3.1.1 (the broker fell back); dropped", t)
+                with self._subs_lock:
+                    if self._subscriptions.get(t) is s:
+                        del self._subscriptions[t]
+                self._conn.post(("subscribed", next(self._mid) % 65536 or 1, [0x80]))
+                continue
+            groups.setdefault(id(s.properties), []).append((t, s))
+        for group in groups.values():
+            props = group[0][1].properties if self._mqtt_version == MQTTv5 else None
+            try:
+                _mid, codes = self._send_subscribe(group, props, notify=False)
+            except Exception as exc:   # the loop must survive; the user hears about it
+                logger.error("restoring %d subscription(s) after reconnect failed: %s", len(group), exc)
+                continue
+            for (t, _s), code in zip(group, codes):
+                if code >= 0x80:
+                    logger.error("the broker refused to restore the subscription to %r (code 0x%02X: %s)",
+                                 t, code, _core.reason_string(code))
 
     # ---- publish ------------------------------------------------------------
 
@@ -781,19 +866,30 @@ class Client:
         if self._mqtt_version == MQTTv5:
             return
         for t, s in subs:
-            if s.no_local or s.retain_as_published or s.retain_handling or s.properties is not None:
+            if s.needs_v5() and not s.degradable:
                 raise ProtocolError(
                     f"subscribe {t!r}: noLocal / retainAsPublished / retainHandling / properties need "
                     f"MQTT 5, but this connection uses MQTT {'3.1.1' if self._mqtt_version == 4 else '3.1'}"
                     " (the broker refused MQTT 5 or protocol=MQTTv311 was given); "
                     "drop the option or use an MQTT 5 broker")
 
+    def _subscribe_items(self, subs: List[Tuple[str, _Subscription]]) -> List[Tuple[str, int, bool, bool, int]]:
+        v5 = self._mqtt_version == MQTTv5
+        return [(t, s.qos, s.no_local and v5, s.retain_as_published and v5, s.retain_handling if v5 else 0)
+                for t, s in subs]
+
+    def _forget_refused(self, subs: List[Tuple[str, _Subscription]], codes: List[int]) -> None:
+        """A refused filter is not restored after a reconnect (no phantom)."""
+        with self._subs_lock:
+            for (t, s), code in zip(subs, codes):
+                if code >= 0x80 and self._subscriptions.get(t) is s:
+                    del self._subscriptions[t]
+
     def _send_subscribe(self, subs: List[Tuple[str, _Subscription]], properties: Optional[Properties],
                         notify: bool = True) -> Tuple[int, List[int]]:
         self._check_version_can(subs)
-        items = [(t, s.qos, s.no_local, s.retain_as_published, s.retain_handling) for t, s in subs]
         props = _props_pairs(properties) if self._mqtt_version == MQTTv5 else None
-        codes = self._conn.subscribe(items, props)
+        codes = self._conn.subscribe(self._subscribe_items(subs), props)
         mid = next(self._mid) % 65536 or next(self._mid)
         for (t, s), code in zip(subs, codes):
             if code >= 0x80:
@@ -801,9 +897,26 @@ class Client:
                                _core.reason_string(code))
             elif code < s.qos:
                 logger.warning("broker granted QoS %d for %r, less than the %d asked for", code, t, s.qos)
-        if notify:
+        self._forget_refused(subs, codes)
+        if notify or any(code >= 0x80 for code in codes):
             self._conn.post(("subscribed", mid, codes))
         return mid, codes
+
+    def _subscribe_now(self, topic: Any, options: SubscribeOptions, properties: Optional[Properties],
+                       degradable: bool) -> Optional[List[int]]:
+        """Register and (when connected) send one subscription; the broker's
+        reason codes, or None when it waits for the connect (SermasClient)."""
+        subs = self._normalise_subscriptions(topic, 0, options, properties)
+        for _t, s in subs:
+            s.degradable = degradable
+        if not self._protocol_auto or self._connected_once:
+            self._check_version_can(subs)
+        with self._subs_lock:
+            for t, s in subs:
+                self._subscriptions[t] = s
+        if not self._conn.is_connected():
+            return None
+        return self._send_subscribe(subs, properties)[1]
 
     def subscribe(self, topic: Any, qos: int = 0, options: Optional[SubscribeOptions] = None,
                   properties: Optional[Properties] = None) -> Tuple[MQTTErrorCode, Optional[int]]:
@@ -1008,7 +1121,9 @@ class Client:
         self._dispatch_version("on_subscribe", v1, v2)
 
     def _on_unsubscribed(self, mid: int, codes: List[int]) -> None:
-        rcs = [reason_code_from_int(PacketTypes.UNSUBACK, c) for c in codes]
+        # MQTT 3.1.1's UNSUBACK carries no reason codes: paho passes []
+        rcs = [reason_code_from_int(PacketTypes.UNSUBACK, c) for c in codes] \
+            if self._mqtt_version == MQTTv5 else []
         props = Properties(PacketTypes.UNSUBACK)
         v2 = (self, self._userdata, mid, rcs, props)
         v1 = (self, self._userdata, mid, props, rcs) if self._mqtt_version == MQTTv5 else \

@@ -5,6 +5,9 @@
      |    +-- NotAuthorizedError                  bad/expired token, not authorised
      |    +-- TLSError                            handshake / certificate failure
      |    +-- ProtocolVersionError                broker refused the MQTT version
+     |    +-- NothingListeningError (also ConnectionRefusedError)  no server at the address
+     |    +-- WebSocketUpgradeError               the server refused the websocket upgrade
+     |    +-- ConnectionClosedError               accepted TCP, then closed/silent after CONNECT
      +-- ConnectionLostError (ConnectionError)   lost before an operation completed
      +-- NotConnectedError (ConnectionError)     operation needs a connection
      +-- TimeoutError (builtins.TimeoutError)    did not complete in time
@@ -39,6 +42,23 @@ from ._core import (  # noqa: F401
 
 
 
+class NothingListeningError(ConnectError, ConnectionRefusedError):
+    """Nothing accepts connections at the broker address (or the host name
+    does not resolve): wrong host/port, or the broker is not running."""
+
+
+class WebSocketUpgradeError(ConnectError):
+    """The server accepted the TCP connection but refused the websocket
+    upgrade (its HTTP status is in the message): wrong path or not a
+    websocket listener."""
+
+
+class ConnectionClosedError(ConnectError):
+    """The server accepted the connection, then closed it (or said nothing)
+    after the MQTT CONNECT: not an MQTT listener, a TLS port spoken to in
+    plain text, or a broker that accepts none of MQTT 5 and 3.1.1."""
+
+
 class OutboxFullError(SermasBusError):
     """The outbox holds its maximum of publishes not yet delivered (the
     client is offline, or the broker is slower than the publisher).  Wait
@@ -49,4 +69,5 @@ __all__ = [
     "SermasBusError", "ConnectError", "NotAuthorizedError", "TLSError", "ProtocolVersionError",
     "ConnectionLostError", "NotConnectedError", "TimeoutError", "ProtocolError", "PublishError",
     "SubscribeError", "ForkError", "ClosedError", "JSONDecodeError", "OutboxFullError",
+    "NothingListeningError", "WebSocketUpgradeError", "ConnectionClosedError",
 ]

@@ -15,13 +15,14 @@ new token without losing QoS 1 messages::
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import queue as _queue
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from . import client as mqtt
@@ -29,7 +30,8 @@ from . import json as sbjson
 from . import topics as _topics
 from ._queues import drain
 from .auth import ClientCredentials, ProviderToken, StaticToken, Token, TokenSource, UserLogin
-from .errors import OutboxFullError, TimeoutError
+from . import _core
+from .errors import OutboxFullError, SubscribeError, TimeoutError
 from ._core import FilterTrie
 from .packettypes import PacketTypes
 from .properties import Properties
@@ -69,6 +71,51 @@ class Message:
         return f"<sermas_bus.Message {self.name or self.topic} params={self.params} qos={self.qos}>"
 
 
+class _EchoFilter:
+    """noLocal for MQTT 3.1.1, client-side: the broker sends our own events
+    back; remember what we published lately (topic + payload digest, bounded)
+    and hold a matching copy back from noLocal subscriptions.  An identical
+    event published by another client within the window is held back too."""
+
+    LIMIT = 10000
+
+    def __init__(self) -> None:
+        self.active = False
+        self._seen: "collections.Counter[Tuple[str, int]]" = collections.Counter()
+        self._order: "collections.deque[Tuple[str, int]]" = collections.deque()
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def enable(self) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("the broker speaks MQTT 3.1.1, which has no noLocal: sermas_bus filters out "
+                           "the copies of this client's own events (same topic and payload) instead")
+        self.active = True
+
+    def sent(self, topic: str, data: Any) -> None:
+        raw = b"" if data is None else data.encode() if isinstance(data, str) else bytes(data)
+        key = (topic, hash(raw))
+        with self._lock:
+            self._seen[key] += 1
+            self._order.append(key)
+            if len(self._order) > self.LIMIT:
+                old = self._order.popleft()
+                self._seen[old] -= 1
+                if self._seen[old] <= 0:
+                    del self._seen[old]
+
+    def is_echo(self, topic: str, payload: bytes) -> bool:
+        key = (topic, hash(payload))
+        with self._lock:
+            if self._seen.get(key, 0) <= 0:
+                return False
+            self._seen[key] -= 1
+            if self._seen[key] <= 0:
+                del self._seen[key]
+            return True
+
+
 class Subscription:
     """Handle returned by ``subscribe``; ``unsubscribe()`` removes the callback
     (and the broker subscription once no callback needs it)."""
@@ -77,6 +124,7 @@ class Subscription:
         self._bus, self.filter, self._route, self.callback = bus, filter_, route, callback
         self._sid = 0
         self.active = True
+        self.no_local = False
 
     def unsubscribe(self) -> None:
         if self.active:
@@ -102,7 +150,8 @@ class SermasClient:
                  token_provider: Optional[Callable[[], Any]] = None, mqtt_url: Any = None,
                  mqtt_client_id: Optional[str] = None, tls_context: Any = None,
                  refresh_margin: float = 30.0, session_expiry: int = 3600, start_loop: bool = True,
-                 connect_timeout: float = 10.0, max_inflight: int = 100, max_queued: int = 10000):
+                 connect_timeout: float = 10.0, max_inflight: int = 100, max_queued: int = 10000,
+                 protocol: Optional[int] = None):
         if not app_id:
             raise ValueError("app_id is required: every SERMAS topic starts with app/<appId>/")
         self.base_url = base_url.rstrip("/")
@@ -115,9 +164,16 @@ class SermasClient:
                                           password, token_provider)
         self._token: Optional[Token] = None
         self._defaults = {"appId": app_id}
+        if protocol not in (None, mqtt.MQTTv311, mqtt.MQTTv5):
+            raise ValueError(f"protocol must be None (MQTT 5, falling back to 3.1.1), MQTTv311 or MQTTv5, "
+                             f"not {protocol!r}")
+        # A session that outlives a connection only for a client id the user
+        # chose: a random id would leave a session on the broker at every run
+        self._stable_id = mqtt_client_id is not None
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=mqtt_client_id or f"sermas-{app_id}-{uuid.uuid4().hex[:12]}")
-        self._client._clean_session = False          # if the broker forces MQTT 3.1.1
+                                   client_id=mqtt_client_id or f"sermas-{app_id}-{uuid.uuid4().hex[:12]}",
+                                   **({} if protocol is None else {"protocol": protocol}))
+        self._client._clean_session = not self._stable_id   # used if the connection is MQTT 3.1.1
         self._client.max_inflight_messages_set(max_inflight)
         # the outbox: events published while offline (any QoS: a SERMAS event
         # should still go out after the reconnect) wait, bounded, in C
@@ -129,8 +185,13 @@ class SermasClient:
         self._client.connect_timeout_set(connect_timeout)
         if tls_context is not None:
             self._client.tls_set_context(tls_context)
-        self._session_props = Properties(PacketTypes.CONNECT)
-        self._session_props.SessionExpiryInterval = int(session_expiry)
+        # MQTT 5: the session survives a token-swap reconnect; with a random
+        # id, close() ends it (SessionExpiryInterval 0 on DISCONNECT)
+        self._session_props: Optional[Properties] = None
+        if protocol != mqtt.MQTTv311:
+            self._session_props = Properties(PacketTypes.CONNECT)
+            self._session_props.SessionExpiryInterval = int(session_expiry)
+        self._echo = _EchoFilter()
         self._client.on_message = self._dispatch
         self._routes = FilterTrie()                 # route filter -> Subscription (multimap, C)
         self._filter_ids: Dict[str, int] = {}       # broker filter -> its Subscription Identifier
@@ -181,6 +242,13 @@ class SermasClient:
 
     def close(self) -> None:
         self._stop.set()
+        if not self._stable_id and self._client.is_connected() and self._client.protocol == mqtt.MQTTv5:
+            end = Properties(PacketTypes.DISCONNECT)
+            end.SessionExpiryInterval = 0       # nobody will resume a random id's session
+            try:
+                self._client.disconnect(properties=end, timeout=1.0)
+            except Exception as exc:   # closing must go on
+                logger.debug("disconnect before close failed: %s", exc)
         self._client.close()
         t = self._refresh_thread
         if t is not None and t is not threading.current_thread():
@@ -270,6 +338,8 @@ class SermasClient:
         full."""
         topic = self.topic(target, payload, **params)
         data = self._encode(payload)
+        if self._echo.active:
+            self._echo.sent(topic, data)
         info = self._client.publish(topic, data, qos, retain, properties)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             raise OutboxFullError(
@@ -312,13 +382,28 @@ class SermasClient:
                 new = False
             self._by_sid[sid] = self._by_sid[sid] + [sub]
             sub._sid = sid
+        sub.no_local = no_local and share is None
+        if sub.no_local and self._client.protocol != mqtt.MQTTv5:
+            self._echo.enable()
         if new:
-            opts = SubscribeOptions(qos=qos, noLocal=no_local and share is None)
+            opts = SubscribeOptions(qos=qos, noLocal=sub.no_local)
             props = None
             if self._client.protocol == mqtt.MQTTv5:
                 props = Properties(PacketTypes.SUBSCRIBE)
                 props.SubscriptionIdentifier = sid
-            self._client.subscribe(broker_filter, options=opts, properties=props)
+            # degradable: on MQTT 3.1.1 noLocal and the identifier are dropped
+            # (routing by topic, echo filtered here) instead of refused
+            try:
+                codes = self._client._subscribe_now(broker_filter, opts, props, degradable=True)
+            except BaseException:
+                self._remove(sub, unsubscribe=False)
+                raise
+            if codes and codes[0] >= 0x80:
+                self._remove(sub, unsubscribe=False)
+                raise SubscribeError(
+                    f"the broker refused the subscription to {broker_filter!r}: "
+                    f"{_core.reason_string(codes[0])} (reason code 0x{codes[0]:02X}); on SERMAS the token needs "
+                    "the permission for this topic, and shared subscriptions ($share) are refused")
         return sub
 
     def on(self, target: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -328,7 +413,8 @@ class SermasClient:
             return func
         return decorator
 
-    def _remove(self, sub: Subscription) -> None:
+    def _remove(self, sub: Subscription, unsubscribe: bool = True) -> None:
+        sub.active = False
         with self._lock:
             self._routes.discard(sub._route, sub)
             left = [s for s in self._by_sid.get(sub._sid, []) if s is not sub]
@@ -337,7 +423,7 @@ class SermasClient:
             else:
                 self._by_sid.pop(sub._sid, None)
                 self._filter_ids.pop(sub.filter, None)
-        if not left:
+        if not left and unsubscribe:
             self._client.unsubscribe(sub.filter)
 
     def _dispatch(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -355,6 +441,8 @@ class SermasClient:
             subs = [s for sid in sids for s in self._by_sid.get(sid, ())]
         else:      # MQTT 3.1.1: no identifiers, route by topic
             subs = self._routes.match(topic)
+            if self._echo.active and self._echo.is_echo(topic, msg.payload):
+                subs = [s for s in subs if not s.no_local]   # our own event, back from the broker
         for sub in subs:
             try:
                 sub.callback(event, m)

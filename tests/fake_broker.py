@@ -155,9 +155,9 @@ class FakeBroker:
 
     def __init__(self, refuse_v5: bool = True, refusal: str = "v5",
                  host: str = "127.0.0.1") -> None:
-        if refusal not in ("v5", "v311"):
-            raise ValueError("refusal must be 'v5' (CONNACK reason 0x84) or 'v311' "
-                             "(CONNACK return code 1), got {!r}".format(refusal))
+        if refusal not in ("v5", "v311", "close"):
+            raise ValueError("refusal must be 'v5' (CONNACK reason 0x84), 'v311' (CONNACK return "
+                             "code 1) or 'close' (no CONNACK: RabbitMQ 3.10), got {!r}".format(refusal))
         self.refuse_v5 = refuse_v5
         self.refusal = refusal
         self.host = host
@@ -348,6 +348,8 @@ class FakeBroker:
         self._record(pkt)
         level = pkt.protocol_level
         if level == 5:
+            if self.refuse_v5 and self.refusal == "close":
+                return False          # close the socket without a CONNACK
             if self.refuse_v5:
                 self._send(sock, conn, CONNACK_V5_UNSUPPORTED if self.refusal == "v5"
                            else CONNACK_V311_UNACCEPTABLE_VERSION)

@@ -576,9 +576,7 @@ def test_decorators_fire_once_with_pahos_arguments(impl, dclient, broker, unique
     client, userdata, umid, codes, props = rec.wait("on_unsubscribe")
     assert (client, userdata, umid) == (c, "ud", mid)
     # MQTT 3.1.1's UNSUBACK has no reason codes: paho passes an empty list
-    unsuback_codes = list(codes)
-    known_gap = impl.name == "sermas_bus" and protocol == "MQTTv311" and unsuback_codes == [0]
-    assert known_gap or unsuback_codes == ([] if protocol == "MQTTv311" else [0])
+    assert list(codes) == ([] if protocol == "MQTTv311" else [0])
     assert isinstance(props, impl.Properties)
 
     c.disconnect()
@@ -588,10 +586,6 @@ def test_decorators_fire_once_with_pahos_arguments(impl, dclient, broker, unique
 
     c.loop_stop()
     assert {n: len(v) for n, v in rec.calls.items()} == {"on_" + n: 1 for n in names}
-    if known_gap:
-        # Client._on_unsubscribed (not the decorators) passes one Success code per topic
-        # under MQTT 3.1.1 (VERSION2); once it matches paho, known_gap is False and this passes
-        pytest.xfail("on_unsubscribe under MQTT 3.1.1 gets [ReasonCode(Success)], paho passes []")
 
 
 def test_log_callback(impl, dclient, broker):
