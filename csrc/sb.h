@@ -171,6 +171,7 @@ typedef struct {
     int closing;
     int recreating;             /* connect() is replacing the handle */
     int handle_users;           /* threads inside a paho call with the handle */
+    int connecting;             /* threads inside paho's connect */
     int connected;
     int consumer_waiting;
     volatile unsigned interrupts; /* bumped by interrupt(): pump() returns early */

@@ -207,11 +207,11 @@ class AsyncClient:
             entry = self._pending.get(ev[1])
             if entry is not None:
                 self._settle(ev[1], entry)
-        elif kind in ("lost", "connected", "disconnected"):
+        elif kind in ("lost", "connected", "disconnected", "refused"):
             if kind == "connected":
                 self._window = int(ev[1].get("window") or self._window)
             self._settle_all()
-            if kind == "lost":
+            if kind in ("lost", "refused"):
                 self._schedule_reconnect()
 
     # ---- publish futures ------------------------------------------------------

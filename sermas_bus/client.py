@@ -8,10 +8,14 @@ What differs from paho-mqtt, on purpose:
   client fall back to 3.1.1, and then options 3.1.1 cannot express raise
   ``ProtocolError`` instead of being ignored.
 * ``connect`` accepts URLs (``http://host:8080/mqtt`` = websockets, as SERMAS
-  publishes it) and lists of URLs for fail-over; it is synchronous and raises
-  a clear exception (``sermas_bus.errors``) when the broker refuses.
+  publishes it) and lists of URLs for fail-over; it is synchronous.  As in
+  paho it raises only when the broker cannot be reached (no server, TLS,
+  websocket upgrade); a refusal goes to ``on_connect``/``on_disconnect`` and
+  the loop retries, the clear exception kept in ``last_connect_error``.
+* QoS>0 messages published while disconnected wait in the outbox and go out
+  after the reconnect, as in paho; ``flush()`` waits for them.
 * Subscriptions are restored automatically after a reconnect.
-* ``wait_for_publish(timeout)`` raises on time-out and on a lost connection.
+* ``wait_for_publish(timeout)`` raises on time-out and when closed first.
 * Exceptions raised in callbacks are logged (logger ``sermas_bus``) and do not
   stop the loop unless ``suppress_exceptions`` is set to False.
 
@@ -53,7 +57,7 @@ from .enums import (  # noqa: F401  (re-exported, as paho.mqtt.client does)
 )
 from . import _probe
 from .errors import (
-    ConnectError, ConnectionClosedError, ConnectionLostError, ForkError, NotConnectedError,
+    ClosedError, ConnectError, ConnectionClosedError, ConnectionLostError, ForkError, NotConnectedError,
     NothingListeningError, ProtocolError, ProtocolVersionError, PublishError, TimeoutError, TLSError,
     WebSocketUpgradeError,
 )
@@ -186,6 +190,10 @@ def _props_pairs(properties: Optional[Properties]) -> Optional[list]:
     return properties.to_pairs()
 
 
+# paho's convert_connack_rc_to_reason_code: MQTT 3.1.1 CONNACK return codes
+# as the MQTT 5 reason codes a VERSION2 on_connect gets
+_CONNACK_V311_AS_V5 = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
+
 # The MQTT version each broker URI list accepted (the fall-back is paid once
 # per process and broker, not on every connect of a one-shot helper or CLI).
 _VERSION_THAT_WORKED: Dict[Tuple[str, ...], int] = {}
@@ -314,6 +322,11 @@ class Client:
         self._taps: List["_queue.SimpleQueue[Any]"] = []
         self._closed = False
         self._reauth_lock = threading.Lock()
+        # paho reports a refused or dropped CONNECT through on_connect /
+        # on_disconnect and the loop retries; SermasClient wants it raised
+        self._raise_refusals = False
+        #: the clear exception of the last refused connect (None after a success)
+        self.last_connect_error: Optional[ConnectError] = None
         _live_clients.add(self)
 
     # ---- callbacks (properties, as in paho) -------------------------------
@@ -646,7 +659,7 @@ class Client:
             raise ProtocolError("bind_address/bind_port are not supported by paho.mqtt.c")
         self._set_target(host, port, keepalive, clean_start, properties)
         self._user_disconnect = False
-        self._connect_now()
+        self._connect_or_report()
         return MQTT_ERR_SUCCESS
 
     def connect_async(self, host: Any = "localhost", port: int = 1883, keepalive: int = 60,
@@ -669,8 +682,38 @@ class Client:
         if self._uris is None:
             raise ValueError("reconnect() before connect(): call connect() first")
         self._user_disconnect = False
-        self._connect_now()
+        if self._conn.is_connected():
+            self._conn.disconnect(0.0, 0, None)   # paho's reconnect() drops the connection first
+        self._connect_or_report()
         return MQTT_ERR_SUCCESS
+
+    @staticmethod
+    def _is_refusal(exc: BaseException) -> bool:
+        """Failures paho reports from the loop, not from connect(): the broker
+        answered the CONNECT with a refusal, or closed the connection after it.
+        (No server, TLS and websocket-upgrade failures raise, as in paho.)"""
+        return isinstance(exc, ConnectionClosedError) or (
+            isinstance(exc, ConnectError) and getattr(exc, "reason_code", None) is not None)
+
+    def _connect_or_report(self) -> None:
+        try:
+            self._connect_now()
+        except ConnectError as exc:
+            if self._raise_refusals or not self._is_refusal(exc):
+                raise
+            self._report_refusal(exc)
+
+    def _report_refusal(self, exc: ConnectError) -> None:
+        """As paho: on_connect gets the CONNACK's reason code (if there was
+        one), on_disconnect follows, and the loop tries again with back-off
+        (unless reconnect_on_failure=False)."""
+        self.last_connect_error = exc
+        self._log(MQTT_LOG_WARNING, "%s", exc)
+        if self._reconnect_on_failure:
+            self._want_connect = True
+            self._next_attempt = time.monotonic() + self._delay
+            self._delay = min(self._delay * 2, self._reconnect_max)
+        self._conn.post(("refused", getattr(exc, "reason_code", None)))
 
     def _clean_flag(self) -> bool:
         if self._mqtt_version != MQTTv5:
@@ -778,6 +821,7 @@ class Client:
         self._session = info
         first = not self._connected_once
         self._connected_once = True
+        self.last_connect_error = None
         self._delay = self._reconnect_min
         self._want_connect = False
         if not info["session_present"] or first:
@@ -1074,6 +1118,26 @@ class Client:
             self._on_unsubscribed(ev[1], ev[2])
         elif kind == "disconnected":
             self._on_disconnected(False, ev[1])
+        elif kind == "refused":
+            self._on_refused(ev[1])
+
+    def _on_refused(self, code: Optional[int]) -> None:
+        v5 = self._mqtt_version == MQTTv5
+        if code is not None:
+            # paho's on_connect gets MQTT 5 reason codes for 3.1.1 refusals too
+            v5_code = code if v5 else _CONNACK_V311_AS_V5.get(code, 0x80)
+            rc = reason_code_from_int(PacketTypes.CONNACK, v5_code)
+            props = Properties(PacketTypes.CONNACK)
+            v2 = (self, self._userdata, ConnectFlags(False), rc, props)
+            v1 = (self, self._userdata, {"session present": 0}, rc, props) if v5 else \
+                (self, self._userdata, {"session present": 0}, code)
+            self._dispatch_version("on_connect", v1, v2)
+        rc_int = MQTT_ERR_CONN_REFUSED if code is not None else MQTT_ERR_CONN_LOST
+        drc = ReasonCode(PacketTypes.DISCONNECT, identifier=0x80)
+        dprops = Properties(PacketTypes.DISCONNECT)
+        v2d = (self, self._userdata, DisconnectFlags(False), drc, dprops)
+        v1d = (self, self._userdata, drc, dprops) if v5 else (self, self._userdata, rc_int)
+        self._dispatch_version("on_disconnect", v1d, v2d)
 
     def _on_connected(self, info: Dict[str, Any]) -> None:
         v5 = info["mqtt_version"] == MQTTv5
@@ -1138,7 +1202,14 @@ class Client:
             return
         try:
             self._connect_now()
+        except ClosedError:
+            return                             # closed meanwhile: the loop is ending
         except ConnectError as exc:
+            if self._is_refusal(exc) and not self._raise_refusals:
+                self._report_refusal(exc)      # on_connect(reason) + on_disconnect, as paho
+                if not self._reconnect_on_failure:
+                    self._want_connect = False
+                return
             self._log(MQTT_LOG_WARNING, "Connect to %s failed: %s; retrying in %.1f s",
                       ", ".join(self._uris), exc, self._delay)
             self._call("on_connect_fail", (self, self._userdata))
@@ -1172,7 +1243,8 @@ class Client:
         while not self._stop.is_set():
             self._maybe_connect()
             events = self._pump_once(timeout)
-            if any(ev[0] == "disconnected" for ev in events if isinstance(ev, tuple)):
+            kinds = {ev[0] for ev in events if isinstance(ev, tuple)}
+            if "disconnected" in kinds or ("refused" in kinds and not self._reconnect_on_failure):
                 break
             if self._user_disconnect and not self._conn.is_connected() and not events:
                 break
@@ -1309,6 +1381,8 @@ def _before_fork() -> None:
         except Exception:   # a client that is itself inherited: count it as busy
             busy = True
     _paho_busy_at_fork = busy
+    if not busy:
+        _core._keeper_park()   # the connect keeper holds paho's thread: let it stop
 
 
 def _forget_all_after_fork() -> None:

@@ -11,10 +11,11 @@ return, with paho-mqtt's signatures and semantics::
 
 Built on ``sermas_bus.client.Client``; what differs follows from it:
 
-* a connection failure raises from ``connect()``: a ``sermas_bus.errors``
-  ``ConnectError`` subclass (a ``ConnectionError``), e.g. ``NotAuthorizedError``
-  for bad credentials, where paho raises ``paho.mqtt.MQTTException`` from the
-  loop for a refused CONNACK and an ``OSError`` for an unreachable broker;
+* a refused connection raises from the loop, as in paho, but the exception is
+  the client's clear ``sermas_bus.errors`` one (e.g. ``NotAuthorizedError``, a
+  ``ConnectError`` and ``ConnectionError``) where paho raises
+  ``paho.mqtt.MQTTException``; an unreachable broker raises from ``connect()``
+  (``NothingListeningError``, also a ``ConnectionRefusedError``), as in paho;
 * ``proxy_args`` raises ``sermas_bus.errors.ProtocolError`` (a ``ValueError``):
   proxies are not supported (``Client.proxy_set``);
 * a ``tls`` dict is not modified (paho pops its ``insecure`` key).
@@ -68,9 +69,11 @@ def _configure(client: _client.Client, will: Optional[Dict[str, Any]], auth: Opt
             client.tls_set_context(tls)      # an ssl.SSLContext
 
 
-def _refused(reason_code: Any) -> ConnectError:
-    # on_connect is only called for accepted connections (connect() raises
-    # otherwise); kept so that a refusal can never be mistaken for success
+def _refused(client: _client.Client, reason_code: Any) -> ConnectError:
+    """What on_connect raises for a refused connection (paho raises its
+    MQTTException there): the client's clear error when it has one."""
+    if client.last_connect_error is not None:
+        return client.last_connect_error
     return ConnectError(f"connection refused: {_client.connack_string(int(reason_code))}")
 
 
@@ -89,7 +92,7 @@ def _on_connect(client: _client.Client, userdata: Any, flags: Any, reason_code: 
         if len(userdata) > 0:
             _do_publish(client)
     else:
-        raise _refused(reason_code)
+        raise _refused(client, reason_code)
 
 
 def _on_publish(client: _client.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:

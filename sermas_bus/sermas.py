@@ -174,6 +174,7 @@ class SermasClient:
                                    client_id=mqtt_client_id or f"sermas-{app_id}-{uuid.uuid4().hex[:12]}",
                                    **({} if protocol is None else {"protocol": protocol}))
         self._client._clean_session = not self._stable_id   # used if the connection is MQTT 3.1.1
+        self._client._raise_refusals = True     # connect() raises NotAuthorizedError & co (not paho's face)
         self._client.max_inflight_messages_set(max_inflight)
         # the outbox: events published while offline (any QoS: a SERMAS event
         # should still go out after the reconnect) wait, bounded, in C

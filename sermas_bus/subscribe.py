@@ -36,7 +36,7 @@ __all__ = ["simple", "callback"]
 def _on_connect(client: _client.Client, userdata: Dict[str, Any], flags: Any, reason_code: Any,
                 properties: Any) -> None:
     if reason_code != 0:
-        raise _refused(reason_code)
+        raise _refused(client, reason_code)
     if isinstance(userdata["topics"], list):
         for topic in userdata["topics"]:
             client.subscribe(topic, userdata["qos"])

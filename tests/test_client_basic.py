@@ -319,18 +319,61 @@ NOT_AUTHORIZED_WORDS = re.compile(r"not authori[sz]ed|bad user ?name or password
 
 @pytest.mark.parametrize("protocol", ["default", "v311"])
 @pytest.mark.parametrize("credentials", [None, ("alice", "wrong"), ("mallory", "secret")])
-def test_auth_refused_raises_not_authorized(broker, make_client, protocol, credentials):
+def test_auth_refused_is_reported_through_on_connect_as_in_paho(broker, make_client, protocol, credentials):
+    """paho's connect() does not raise for a refused CONNACK: on_connect gets
+    the reason code, on_disconnect follows, and loop_forever() returns when
+    reconnect_on_failure is off.  The clear error is kept in last_connect_error."""
     kwargs = {"protocol": mqtt.MQTTv311} if protocol == "v311" else {}
-    c = make_client(**kwargs)
+    c = make_client(reconnect_on_failure=False, **kwargs)
     if credentials:
         c.username_pw_set(*credentials)
-    with pytest.raises(errors.NotAuthorizedError) as ei:
-        c.connect("127.0.0.1", broker.auth_port)
-    err = ei.value
-    assert isinstance(err, errors.ConnectError)
+    seen = []
+    c.on_connect = lambda client, userdata, flags, rc, props: seen.append(("connect", rc))
+    c.on_disconnect = lambda client, userdata, flags, rc, props: seen.append(("disconnect", rc))
+    assert c.connect("127.0.0.1", broker.auth_port) == mqtt.MQTT_ERR_SUCCESS
+    assert not c.is_connected()
+    err = c.last_connect_error
+    assert isinstance(err, errors.NotAuthorizedError)
     assert NOT_AUTHORIZED_WORDS.search(str(err)), str(err)
     assert err.reason_code in (4, 5, 0x86, 0x87)
-    assert not c.is_connected()
+    started = time.monotonic()
+    c.loop_forever(timeout=0.5)
+    assert time.monotonic() - started < 5
+    assert [kind for kind, _rc in seen] == ["connect", "disconnect"]
+    # a VERSION2 on_connect gets MQTT 5 reason codes, for 3.1.1 too (paho converts 4/5)
+    assert int(seen[0][1].value) in (0x86, 0x87) and seen[0][1].is_failure
+
+
+def test_refused_connect_is_retried_by_the_loop(broker, make_client):
+    """reconnect_on_failure (the default): the loop keeps trying, as paho's."""
+    c = make_client()
+    c.reconnect_delay_set(0.05, 0.1)
+    c.username_pw_set("alice", "wrong")
+    refusals = []
+    c.on_connect = lambda client, userdata, flags, rc, props: refusals.append(rc)
+    c.connect("127.0.0.1", broker.auth_port)
+    c.loop_start()
+    deadline = time.monotonic() + 10
+    while len(refusals) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(refusals) >= 3, refusals
+    c.username_pw_set("alice", "secret")          # fixed meanwhile: the loop gets in
+    deadline = time.monotonic() + 10
+    while not c.is_connected() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert c.is_connected()
+    assert c.last_connect_error is None
+
+
+def test_sermas_client_connect_raises_for_a_refusal(broker):
+    from sermas_bus import SermasClient
+
+    bus = SermasClient(mqtt_url=f"tcp://127.0.0.1:{broker.auth_port}", app_id="app")
+    try:
+        with pytest.raises(errors.NotAuthorizedError):
+            bus.connect()
+    finally:
+        bus.close()
 
 
 @pytest.mark.parametrize("protocol", ["default", "v311"])

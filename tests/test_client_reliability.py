@@ -173,11 +173,16 @@ def test_falls_back_to_mqtt311_when_v5_refused(make_client, refusal):
 def test_explicit_mqttv5_refusal_raises_protocol_version_error(make_client):
     with FakeBroker(refuse_v5=True) as fb:
         c = make_client(protocol=mqtt.MQTTv5)
-        with pytest.raises(errors.ProtocolVersionError) as ei:
-            c.connect("127.0.0.1", fb.port)
-        assert isinstance(ei.value, errors.ConnectError)
-        assert "MQTTv311" in str(ei.value)
+        codes = []
+        c.on_connect = lambda client, userdata, flags, rc, props: codes.append(rc)
+        c.connect("127.0.0.1", fb.port)      # reported through on_connect, as in paho
+        err = c.last_connect_error
+        assert isinstance(err, errors.ProtocolVersionError)
+        assert isinstance(err, errors.ConnectError)
+        assert "MQTTv311" in str(err)
         assert not c.is_connected()
+        c.loop(0.2)
+        assert [int(rc.value) for rc in codes] == [0x84]
         time.sleep(0.1)
         assert [p.protocol_level for p in fb.connects] == [5]
 
@@ -899,3 +904,30 @@ def test_close_while_other_threads_publish(quiet_broker, unique_topic):
             t.join(30)
             assert not t.is_alive()
         assert sum(outcomes.values()) == 3, outcomes
+
+
+@pytest.mark.timeout(120)
+def test_close_racing_reconnect_never_hangs(quiet_broker):
+    """Regression: close() disconnected under another thread's paho connect,
+    which then waited for ever (and close() with it): hung within ~20 tries."""
+    url = quiet_broker.url("tcp")
+    for i in range(25):
+        c = mqtt.Client(V2)
+        c.connect(url)
+
+        def reconnect_loop():
+            for _ in range(5):
+                try:
+                    c.reconnect()
+                except (errors.ClosedError, errors.ConnectError):
+                    return
+
+        t = threading.Thread(target=reconnect_loop, daemon=True)
+        t.start()
+        time.sleep(0.01 * (i % 7))
+        closed = threading.Event()
+        threading.Thread(target=lambda: (c.close(), closed.set()), daemon=True).start()
+        assert closed.wait(20), f"close() hung at iteration {i}"
+        t.join(20)
+        assert not t.is_alive(), f"reconnect() hung at iteration {i}"
+        assert c.protocol == mqtt.MQTTv5, "a connect cut short by close() made the client fall back"

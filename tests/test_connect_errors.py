@@ -66,9 +66,20 @@ def test_closed_after_connect_is_not_called_nothing_listening(make_client):
     server = _Server(_read_and_close)
     try:
         c = make_client()
-        with pytest.raises(errors.ConnectionClosedError, match="closed it after the MQTT CONNECT"):
-            c.connect("127.0.0.1", server.port)
-        assert server.accepted == 3     # MQTT 5, the 3.1.1 fall-back, and the probe between them
+        gone = []
+        c.on_disconnect = lambda client, userdata, flags, rc, props: gone.append(rc)
+        c.connect("127.0.0.1", server.port)     # paho reports this through on_disconnect
+        assert isinstance(c.last_connect_error, errors.ConnectionClosedError)
+        assert "closed it after the MQTT CONNECT" in str(c.last_connect_error)
+        assert server.accepted == 3     # MQTT 5, the probe, and the 3.1.1 fall-back
+        c.loop(0.2)
+        assert len(gone) == 1
+        bus = SermasClient(mqtt_url=f"tcp://127.0.0.1:{server.port}", app_id="app")
+        try:
+            with pytest.raises(errors.ConnectionClosedError):
+                bus.connect()
+        finally:
+            bus.close()
     finally:
         server.close()
 

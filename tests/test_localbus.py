@@ -62,7 +62,11 @@ class Probe:
         self.client.on_message = lambda c, u, msg: self.messages.put(msg)
 
     def connect(self, url):
+        """Connect; a refusal (reported through on_connect, as in paho) is
+        raised here so the plugin's answers can be asserted directly."""
         self.client.connect(url)
+        if self.client.last_connect_error is not None:
+            raise self.client.last_connect_error
         self.client.loop_start()
         return self
 
