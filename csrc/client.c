@@ -13,6 +13,7 @@
  * (PyMem_Raw*), never buffers of Python objects another thread could free.
  */
 #include "sb.h"
+#include "keeper.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -209,12 +210,16 @@ static void
 conn_close_impl(sb_client *self)
 {
     MQTTClient h = self->handle;
-    int was_connected;
+    int was_connected, connect_in_progress;
 
     if (self->slots == NULL)   /* half-built object */
         return;
     pthread_mutex_lock(&self->mu);
     self->closing = 1;
+    /* a thread inside paho's connect: disconnecting under it leaves paho's
+     * connect waiting for ever; let it finish (bounded by its time-out),
+     * then disconnect below */
+    connect_in_progress = self->connecting > 0;
     was_connected = self->connected;
     self->sock_fd = -1;
     self->connected = 0;
@@ -229,11 +234,14 @@ conn_close_impl(sb_client *self)
         /* release the GIL: disconnect/destroy wait for paho's threads, and
          * the flusher may be inside paho's publish */
         Py_BEGIN_ALLOW_THREADS
-        if (h != NULL && was_connected)
+        if (h != NULL && was_connected && !connect_in_progress)
             MQTTClient_disconnect(h, 0);
         sb_outbox_stop_flusher_nogil(self);
         if (h != NULL) {
             handle_drain_nogil(self);
+            /* nobody else is in paho now: end what the connect made */
+            if (connect_in_progress && MQTTClient_isConnected(h))
+                MQTTClient_disconnect(h, 0);
             destroy_handle_nogil(self);
         }
         Py_END_ALLOW_THREADS
@@ -371,7 +379,7 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
     MQTTProperties cprops = MQTTProperties_initializer, wprops = MQTTProperties_initializer;
     MQTTResponse resp = MQTTResponse_initializer;
     int rc = 0, create_rc = 0, need_create, tls_wanted = 0, server_rm = 65535, reason = -1, acquired = 0;
-    int session_present = 0, returned_version = 0;
+    int session_present = 0, returned_version = 0, closed_meanwhile = 0;
     char returned_uri[512] = "";
     char uri_list[600] = "";
     MQTTClient_deliveryToken *tokens = NULL;
@@ -542,6 +550,9 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
 
     /* connect blocks on the network for up to `timeout`: release the GIL */
     Py_BEGIN_ALLOW_THREADS
+    /* keep paho's receive thread alive (no 100 ms start/stop sleeps); before
+     * the handle is (re)created, so destroying the old one cannot stop it */
+    (void)sb_keeper_ensure_nogil();   /* -1 is harmless: connects are just slow */
     if (need_create) {
         MQTTClient_createOptions co = MQTTClient_createOptions_initializer;
         pthread_mutex_lock(&self->mu);
@@ -565,6 +576,8 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
     }
     pthread_mutex_lock(&self->mu);
     acquired = create_rc == MQTTCLIENT_SUCCESS && handle_acquire_locked(self);
+    if (acquired)
+        self->connecting++;     /* close() must not disconnect under paho's connect */
     pthread_mutex_unlock(&self->mu);
     if (create_rc == MQTTCLIENT_SUCCESS && !acquired)
         create_rc = MQTTCLIENT_DISCONNECTED;   /* closed meanwhile */
@@ -572,7 +585,9 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
         int nbits = 0;
         unsigned char *before = sb_socket_fds_snapshot(&nbits);
         if (version >= MQTTVERSION_5) {
+            sb_keeper_wake_begin_nogil();   /* paho sees the TCP connect at once */
             resp = MQTTClient_connect5(self->handle, &opts, &cprops, &wprops);
+            sb_keeper_wake_end_nogil();
             /* any non-zero CONNACK code refuses: v5 success is only 0, and a
              * 3.1.1-only broker answers a v5 CONNECT with its code 1 */
             rc = (int)resp.reasonCode;
@@ -583,7 +598,9 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
             }
         }
         else {
+            sb_keeper_wake_begin_nogil();
             rc = MQTTClient_connect(self->handle, &opts);
+            sb_keeper_wake_end_nogil();
             reason = rc > 0 ? rc : -1;
         }
         if (rc == 0) {
@@ -610,6 +627,8 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
         }
         PyMem_RawFree(before);
         pthread_mutex_lock(&self->mu);
+        self->connecting--;
+        closed_meanwhile = self->closing;
         handle_release_locked(self);
         pthread_mutex_unlock(&self->mu);
     }
@@ -626,6 +645,11 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
             self->mqtt_version = version;
             self->first_uri = raw_strdup(a.uris[0], (Py_ssize_t)strlen(a.uris[0]));
         }
+    }
+    if (closed_meanwhile) {
+        /* not a broker failure: no fall-back, no retry */
+        PyErr_SetString(st->ClosedError, "the client was closed while connecting");
+        goto done;
     }
     if (create_rc != MQTTCLIENT_SUCCESS) {
         sb_raise_rc(st, "creating the MQTT client", create_rc);

@@ -6,6 +6,7 @@
  * global module pointers: those are where shutdown-order crashes live).
  */
 #include "sb.h"
+#include "keeper.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -80,7 +81,20 @@ sb_reason_string(PyObject *mod, PyObject *arg)
     return PyUnicode_FromString(sb_reason_text((int)v));
 }
 
+static PyObject *
+sb_keeper_park(PyObject *mod, PyObject *unused)
+{
+    /* before fork() with no connection open: let paho's receive thread stop
+     * so the child inherits an idle paho (the keeper would keep it running) */
+    Py_BEGIN_ALLOW_THREADS
+    sb_keeper_park_nogil();
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef sb_functions[] = {
+    {"_keeper_park", sb_keeper_park, METH_NOARGS,
+     "_keeper_park()\n--\n\nBefore fork(): stop the connect keeper (paho's receive thread stops)."},
     {"_set_properties_factory", sb_set_properties_factory, METH_O,
      "_set_properties_factory(factory, /)\n--\n\nfactory(packet_type, pairs) builds Properties objects."},
     {"_set_info_type", sb_set_info_type, METH_VARARGS,
