@@ -9,25 +9,35 @@ import time
 
 
 class Inbox:
-    """on_message (3 arguments) recording messages."""
+    """on_message (3 arguments) recording messages and the threads that
+    delivered them, with a bounded wait."""
+
+    timeout = 5.0
 
     def __init__(self):
         self.messages = []
+        self.threads = set()
         self._cond = threading.Condition()
 
     def __call__(self, client, userdata, msg):
+        self.add(msg)
+
+    def add(self, msg):
         with self._cond:
             self.messages.append(msg)
+            self.threads.add(threading.current_thread().name)
             self._cond.notify_all()
 
-    def wait(self, n, timeout=5.0):
+    def wait(self, n, timeout=None):
+        timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         with self._cond:
             while len(self.messages) < n:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError("expected {} message(s) within {} s, got {}: {}".format(
-                        n, timeout, len(self.messages), [m.payload for m in self.messages][:20]))
+                        n, timeout, len(self.messages),
+                        [(m.topic, m.payload) for m in self.messages][:20]))
                 self._cond.wait(left)
             return list(self.messages)
 
@@ -35,6 +45,11 @@ class Inbox:
     def payloads(self):
         with self._cond:
             return [m.payload for m in self.messages]
+
+    @property
+    def topics(self):
+        with self._cond:
+            return [m.topic for m in self.messages]
 
 
 class Events:

@@ -13,7 +13,6 @@ import logging
 import queue
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -29,6 +28,8 @@ from sermas_bus.properties import Properties
 from sermas_bus.subscribeoptions import SubscribeOptions
 from sermas_bus.testing import Mosquitto
 
+from support import Inbox, free_port, wait_until
+
 pytestmark = pytest.mark.timeout(30)
 
 V1 = mqtt.CallbackAPIVersion.VERSION1
@@ -38,54 +39,6 @@ V2 = mqtt.CallbackAPIVersion.VERSION2
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-class Inbox:
-    """An on_message callback (3 arguments) that records messages and the thread."""
-
-    def __init__(self):
-        self.messages = []
-        self.threads = set()
-        self._cond = threading.Condition()
-
-    def __call__(self, client, userdata, msg):
-        self.add(msg)
-
-    def add(self, msg):
-        with self._cond:
-            self.messages.append(msg)
-            self.threads.add(threading.current_thread().name)
-            self._cond.notify_all()
-
-    def wait(self, n, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.messages) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError("expected {} message(s) within {} s, got {}: {}".format(
-                        n, timeout, len(self.messages),
-                        [(m.topic, m.payload) for m in self.messages]))
-                self._cond.wait(left)
-            return list(self.messages)
-
-    @property
-    def payloads(self):
-        with self._cond:
-            return [m.payload for m in self.messages]
-
-    @property
-    def topics(self):
-        with self._cond:
-            return [m.topic for m in self.messages]
-
-
-def wait_until(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after {} s waiting for {}".format(timeout, what))
-        time.sleep(0.005)
-
 
 def roundtrip(client, topic, qos=1, payload=None):
     """Subscribe ``client`` to ``topic``, publish to it through ``client`` and
@@ -104,18 +57,6 @@ def roundtrip(client, topic, qos=1, payload=None):
     assert msg.payload == payload
     return msg
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-# ---------------------------------------------------------------------------
-# connecting
-# ---------------------------------------------------------------------------
 
 def test_connect_host_port(broker, make_client, unique_topic):
     c = make_client()

@@ -35,6 +35,8 @@ import sermas_bus.reasoncodes as sb_reasoncodes
 import sermas_bus.subscribe as sb_subscribe
 from sermas_bus import errors
 
+import support
+
 pytestmark = [
     pytest.mark.timeout(60),
     # paho's helpers leave their socket to the garbage collector when they raise
@@ -66,28 +68,10 @@ def impl(request):
 # helpers
 # ---------------------------------------------------------------------------
 
-class Inbox:
-    """An on_message callback recording messages, with a bounded wait."""
+class Inbox(support.Inbox):
+    """support.Inbox with this file's wait."""
 
-    def __init__(self):
-        self.messages = []
-        self._cond = threading.Condition()
-
-    def __call__(self, client, userdata, msg):
-        with self._cond:
-            self.messages.append(msg)
-            self._cond.notify_all()
-
-    def wait(self, n, timeout=WAIT):
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.messages) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError("expected {} message(s) within {} s, got {}".format(
-                        n, timeout, [(m.topic, m.payload) for m in self.messages]))
-                self._cond.wait(left)
-            return list(self.messages)
+    timeout = WAIT
 
 
 def listen(make_client, broker, topic_filter, qos=2):
