@@ -132,9 +132,15 @@ def multiple(
 
     client = _client.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                             userdata=collections.deque(msgs), protocol=protocol, transport=transport)
+    client.on_publish = _on_publish
+    _run(client, _on_connect, hostname, port, keepalive, will, auth, tls, proxy_args)
+
+
+def _run(client: _client.Client, on_connect: Any, hostname: str, port: int, keepalive: int,
+         will: Optional[Dict[str, Any]], auth: Optional[Dict[str, Any]], tls: Any, proxy_args: Any) -> None:
+    """Configure, connect and loop until a callback disconnects; always close."""
     try:
-        client.on_publish = _on_publish
-        client.on_connect = _on_connect
+        client.on_connect = on_connect
         _configure(client, will, auth, tls, proxy_args)
         client.connect(hostname, port, keepalive)
         client.loop_forever()

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from . import client as _client
 from .client import CallbackAPIVersion, MQTTv5, MQTTv311
-from .publish import _configure, _refused
+from .publish import _refused, _run
 
 __all__ = ["simple", "callback"]
 
@@ -83,14 +83,8 @@ def callback(callback: Callable[[Any, Any, Any], Any], topics: Union[str, List[s
     callback_userdata = {"callback": callback, "topics": topics, "qos": qos, "userdata": userdata}
     client = _client.Client(CallbackAPIVersion.VERSION2, client_id=client_id, userdata=callback_userdata,
                             protocol=protocol, transport=transport, clean_session=clean_session)
-    try:
-        client.on_message = _on_message_callback
-        client.on_connect = _on_connect
-        _configure(client, will, auth, tls, proxy_args)
-        client.connect(hostname, port, keepalive)
-        client.loop_forever()
-    finally:
-        client.close()
+    client.on_message = _on_message_callback
+    _run(client, _on_connect, hostname, port, keepalive, will, auth, tls, proxy_args)
 
 
 def simple(topics: Union[str, List[str]], qos: int = 0, msg_count: int = 1, retained: bool = True,
