@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 from . import _core
 from ._callbacks import Callback
-from ._queues import drain
+from ._queues import END as _END, drain
 from ._urls import broker_uris, host_port, uses_tls
 from .enums import (  # noqa: F401  (re-exported, as paho.mqtt.client does)
     MQTT_ERR_AGAIN, MQTT_ERR_ACL_DENIED, MQTT_ERR_AUTH, MQTT_ERR_CONN_LOST, MQTT_ERR_CONN_REFUSED,
@@ -1053,6 +1053,8 @@ class Client:
             self.loop_stop()
             self._conn.close()
             self._drop_tls_tempfile()
+            for tap in list(self._taps):
+                tap.put(_END)             # messages() iterators end
 
     def __enter__(self) -> "Client":
         return self
@@ -1318,7 +1320,7 @@ class Client:
             return
         # one message per pump: whatever this iterator does not yield stays
         # queued for the loop or the next messages() call
-        while max_messages is None or count < max_messages:
+        while (max_messages is None or count < max_messages) and not self._closed:
             self._maybe_connect()
             wait = 3600.0 if timeout is None else timeout
             with self._pump_lock:
@@ -1331,8 +1333,8 @@ class Client:
                 finally:
                     self._looping -= 1
             if not events:
-                if timeout is not None:
-                    return
+                if timeout is not None or self._closed:
+                    return            # closed: pump returns at once, so this must not spin
                 continue
             for ev in events:
                 if not isinstance(ev, tuple):

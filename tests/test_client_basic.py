@@ -1196,3 +1196,25 @@ def test_sermas_docs_example(broker, make_client, monkeypatch, capsys, env):
         for c in created:
             c.close()
 
+
+
+@pytest.mark.parametrize("with_loop", [False, True])
+def test_messages_iterator_ends_when_another_thread_closes(broker, make_client, unique_topic, with_loop):
+    """Regression: without a loop it spun at 100 % CPU after close(); with
+    loop_start it never ended."""
+    c = make_client()
+    c.connect(broker.url("tcp"))
+    c.subscribe(unique_topic + "x", 1)
+    if with_loop:
+        c.loop_start()
+    ended = threading.Event()
+
+    def consume():
+        for _ in c.messages(timeout=None):
+            pass
+        ended.set()
+
+    threading.Thread(target=consume, daemon=True).start()
+    time.sleep(0.3)
+    c.close()
+    assert ended.wait(5), "messages() did not end after close()"
