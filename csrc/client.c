@@ -311,6 +311,8 @@ typedef struct {
     char *tls_strings[6];     /* cafile, capath, certfile, keyfile, keypass, ciphers */
     MQTTClient_nameValue *headers;
     Py_ssize_t n_headers;
+    unsigned char *alpn;      /* ALPN wire format (length-prefixed names) */
+    Py_ssize_t alpn_len;
 } connect_args;
 
 static void
@@ -325,6 +327,7 @@ connect_args_free(connect_args *a)
     PyMem_RawFree(a->will_payload);
     for (i = 0; i < 6; i++)
         PyMem_RawFree(a->tls_strings[i]);
+    PyMem_RawFree(a->alpn);
     if (a->headers) {
         for (j = 0; j < a->n_headers; j++) {
             PyMem_RawFree((void *)a->headers[j].name);
@@ -359,6 +362,27 @@ dict_flag(PyObject *d, const char *key, int dflt)
     if (v == NULL)
         return dflt;
     return PyObject_IsTrue(v);
+}
+
+/* tls["alpn"]: bytes in ALPN wire format, or absent/None -> raw copy. */
+static int
+tls_alpn(PyObject *tls, connect_args *a)
+{
+    PyObject *v = PyDict_GetItemString(tls, "alpn");   /* borrowed */
+    char *p;
+    if (v == NULL || v == Py_None)
+        return 0;
+    if (!PyBytes_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "tls['alpn'] must be bytes (ALPN wire format)");
+        return -1;
+    }
+    PyBytes_AsStringAndSize(v, &p, &a->alpn_len);
+    a->alpn = (unsigned char *)raw_strdup(p, a->alpn_len);
+    if (a->alpn == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
 }
 
 static PyObject *
@@ -470,6 +494,10 @@ conn_connect(sb_client *self, PyObject *args, PyObject *kw)
         ssl.sslVersion = MQTT_SSL_VERSION_DEFAULT;
         ssl.ssl_error_cb = sb_cb_ssl_error;
         ssl.ssl_error_context = self;
+        if (tls_alpn(tls, &a) < 0)
+            goto done;
+        ssl.protos = a.alpn;
+        ssl.protos_len = (unsigned int)a.alpn_len;
         opts.ssl = &ssl;
     }
     else if (tls_wanted) {

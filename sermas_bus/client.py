@@ -190,6 +190,22 @@ def _props_pairs(properties: Optional[Properties]) -> Optional[list]:
     return properties.to_pairs()
 
 
+def _alpn_wire(protocols: Any) -> Optional[bytes]:
+    """tls_set(alpn_protocols=["mqtt"]) -> the ALPN wire format OpenSSL takes
+    (each name prefixed by its length), or None."""
+    if not protocols:
+        return None
+    if isinstance(protocols, (str, bytes)):
+        raise TypeError("alpn_protocols must be a list of protocol names, e.g. ['mqtt']")
+    wire = b""
+    for name in protocols:
+        raw = name.encode("ascii") if isinstance(name, str) else bytes(name)
+        if not 0 < len(raw) < 256:
+            raise ValueError(f"ALPN protocol name {name!r} must be 1 to 255 bytes")
+        wire += bytes([len(raw)]) + raw
+    return wire
+
+
 # paho's convert_connack_rc_to_reason_code: MQTT 3.1.1 CONNACK return codes
 # as the MQTT 5 reason codes a VERSION2 on_connect gets
 _CONNACK_V311_AS_V5 = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
@@ -589,14 +605,14 @@ class Client:
         if tls_version not in (None, getattr(ssl, "PROTOCOL_TLS", None), ssl.PROTOCOL_TLS_CLIENT):
             raise ProtocolError("tls_version: only the default (negotiate the best TLS version) is "
                                 "supported by paho.mqtt.c here; leave it unset")
-        if alpn_protocols:
-            raise ProtocolError("alpn_protocols are not supported by this client")
+        alpn = _alpn_wire(alpn_protocols)
         for name, path in (("ca_certs", ca_certs), ("certfile", certfile), ("keyfile", keyfile)):
             if path is not None and not os.path.isfile(path):
                 raise FileNotFoundError(f"tls_set: {name} {path!r} does not exist")
         self._tls = {"ca_certs": ca_certs, "certfile": certfile, "keyfile": keyfile,
                      "keyfile_password": keyfile_password, "ciphers": ciphers,
-                     "verify": cert_reqs != ssl.CERT_NONE, "check_hostname": cert_reqs != ssl.CERT_NONE}
+                     "verify": cert_reqs != ssl.CERT_NONE, "check_hostname": cert_reqs != ssl.CERT_NONE,
+                     "alpn": alpn}
 
     def tls_set_context(self, context: Optional[ssl.SSLContext] = None) -> None:
         """Use an ``ssl.SSLContext``'s trust settings (default: system store,

@@ -13,6 +13,7 @@ import logging
 import queue
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -1218,3 +1219,45 @@ def test_messages_iterator_ends_when_another_thread_closes(broker, make_client, 
     time.sleep(0.3)
     c.close()
     assert ended.wait(5), "messages() did not end after close()"
+
+
+def test_tls_alpn_protocols_reach_the_server(broker, make_client):
+    """tls_set(alpn_protocols=...) is offered in the TLS handshake (paho.mqtt.c's
+    SSL options carry it); the server here records what it negotiated."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(broker.server_cert, broker.server_key)
+    ctx.set_alpn_protocols(["mqtt"])
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    lsock.settimeout(10)
+    chosen = []
+
+    def serve():
+        try:
+            conn, _ = lsock.accept()
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                chosen.append(tls.selected_alpn_protocol())
+        except (OSError, ssl.SSLError) as exc:   # recorded for the assertion
+            chosen.append(exc)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    c = make_client(reconnect_on_failure=False)
+    c.connect_timeout_set(1)
+    c.tls_set(ca_certs=broker.ca_file, alpn_protocols=["mqtt", "x-other"])
+    try:
+        c.connect(f"mqtts://127.0.0.1:{lsock.getsockname()[1]}")
+    except errors.ConnectError:
+        pass                     # the server speaks TLS but not MQTT
+    t.join(10)
+    lsock.close()
+    assert chosen == ["mqtt"], chosen
+
+
+def test_tls_alpn_protocols_are_validated(make_client):
+    c = make_client()
+    with pytest.raises(TypeError):
+        c.tls_set(alpn_protocols="mqtt")
+    with pytest.raises(ValueError):
+        c.tls_set(alpn_protocols=[""])
