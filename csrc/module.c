@@ -155,8 +155,33 @@ sb_exec(PyObject *mod)
             "The connection to the broker could not be established.");
     ADD_EXC(NotAuthorizedError, "NotAuthorizedError", PyTuple_Pack(1, st->ConnectError),
             "The broker refused the credentials (bad/expired token, not authorised).");
-    ADD_EXC(TLSError, "TLSError", PyTuple_Pack(1, st->ConnectError),
-            "The TLS handshake failed (certificate, host name, protocol).");
+    /* also an ssl.SSLError, the type paho-mqtt raises for a failed handshake */
+    {
+        PyObject *ssl_mod = PyImport_ImportModule("ssl");
+        PyObject *ssl_error = ssl_mod ? PyObject_GetAttrString(ssl_mod, "SSLError") : NULL;
+        Py_XDECREF(ssl_mod);
+        if (ssl_error == NULL)
+            return -1;
+        /* ssl.SSLError's own __str__ prints a one-argument error as a tuple:
+         * keep BaseException's, so the message reads as written */
+        PyObject *dict = PyDict_New();
+        PyObject *str_ = PyObject_GetAttrString((PyObject *)PyExc_BaseException, "__str__");
+        PyObject *bases = PyTuple_Pack(2, st->ConnectError, ssl_error);
+        int bad = dict == NULL || str_ == NULL || bases == NULL || PyDict_SetItemString(dict, "__str__", str_) < 0;
+        Py_DECREF(ssl_error);
+        Py_XDECREF(str_);
+        if (!bad) {
+            st->TLSError = PyErr_NewExceptionWithDoc(
+                "sermas_bus.errors.TLSError",
+                "The TLS handshake failed (certificate, host name, protocol); also an ssl.SSLError.",
+                bases, dict);
+            bad = st->TLSError == NULL || PyModule_AddObjectRef(mod, "TLSError", st->TLSError) < 0;
+        }
+        Py_XDECREF(dict);
+        Py_XDECREF(bases);
+        if (bad)
+            return -1;
+    }
     ADD_EXC(ProtocolVersionError, "ProtocolVersionError", PyTuple_Pack(1, st->ConnectError),
             "The broker does not accept the requested MQTT protocol version.");
     ADD_EXC(ConnectionLostError, "ConnectionLostError", PyTuple_Pack(2, st->Error, PyExc_ConnectionError),

@@ -3,7 +3,7 @@
     SermasBusError
      +-- ConnectError (also ConnectionError)     the connection could not be made
      |    +-- NotAuthorizedError                  bad/expired token, not authorised
-     |    +-- TLSError                            handshake / certificate failure
+     |    +-- TLSError (also ssl.SSLError)        handshake / certificate failure
      |    +-- ProtocolVersionError                broker refused the MQTT version
      |    +-- NothingListeningError (also ConnectionRefusedError)  no server at the address
      |    +-- WebSocketUpgradeError               the server refused the websocket upgrade

@@ -171,6 +171,7 @@ def test_tls_failure_without_ca_raises_tlserror(broker, make_client, setup):
         c.connect(*target)
     err = ei.value
     assert isinstance(err, errors.ConnectError)
+    assert isinstance(err, ssl.SSLError)        # what paho-mqtt raises there
     text = str(err)
     assert "certificate verify failed" in text, text
     assert TLS_HINT.search(text), "the message should say what to do: " + text
