@@ -287,7 +287,9 @@ class Client:
         if client_id == "" and clean_session is False:
             raise ValueError("a client_id must be given when clean_session is False")
         self._callback_api_version = callback_api_version
-        self._client_id = client_id or f"sermas-bus-{uuid.uuid4().hex[:16]}"
+        # "" is sent empty, as paho does: the broker assigns an id (a clean
+        # session is required for it, checked above)
+        self._client_id = client_id
         self._clean_session = True if clean_session is None else bool(clean_session)
         self._userdata = userdata
         self._protocol_auto = protocol is _AUTO
@@ -1273,7 +1275,7 @@ class Client:
         if self._thread is not None and self._thread.is_alive():
             return MQTT_ERR_INVAL
         self._stop.clear()
-        self._thread = threading.Thread(target=self._thread_main, name=f"sermas_bus-loop-{self._client_id}",
+        self._thread = threading.Thread(target=self._thread_main, name=f"sermas_bus-loop-{self._client_id or id(self)}",
                                         daemon=True)
         self._thread.start()
         return MQTT_ERR_SUCCESS

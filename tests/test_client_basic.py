@@ -1262,3 +1262,14 @@ def test_tls_alpn_protocols_are_validated(make_client):
         c.tls_set(alpn_protocols="mqtt")
     with pytest.raises(ValueError):
         c.tls_set(alpn_protocols=[""])
+
+
+@pytest.mark.parametrize("protocol", [None, mqtt.MQTTv311])
+def test_empty_client_id_is_sent_empty_and_the_broker_assigns_one(fresh_broker, make_client, unique_topic,
+                                                                   protocol):
+    """As paho: Client(client_id="") sends a zero-length id with a clean session."""
+    c = make_client(**({} if protocol is None else {"protocol": protocol}))
+    assert c.client_id == ""
+    c.connect(fresh_broker.url("tcp"))
+    roundtrip(c, unique_topic + "anon")
+    assert " as auto-" in fresh_broker.log()      # mosquitto's name for an id it assigned
