@@ -11,6 +11,8 @@
  *   properties.c  MQTT 5 properties <-> Python (identifier, value) pairs
  *   errors.c      paho return codes and CONNACK reasons -> exceptions
  *   sockopt.c     TCP_NODELAY on paho's socket (paho has no option for it)
+ *   outbox.c      publishes until acknowledged: records, queue, flusher thread
+ *   keeper.c      keeps paho's receive thread alive and wakes it during connects
  *   json.c        JSON encoder/decoder for event payloads (GIL held throughout)
  *   segmap.c      hash map from one topic level to a trie node (pure C)
  *   topics.c      TopicTable: SERMAS topic templates, render and route;
