@@ -1,4 +1,5 @@
 """Type stubs for the C core (internal; use sermas_bus.client)."""
+import ssl
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 paho_version: str
@@ -13,7 +14,7 @@ class ConnectError(SermasBusError, ConnectionError):
     rc: int
     reason_code: Optional[int]
 class NotAuthorizedError(ConnectError): ...
-class TLSError(ConnectError): ...
+class TLSError(ConnectError, ssl.SSLError): ...
 class ProtocolVersionError(ConnectError): ...
 class PublishInfo:
     """What Connection.publish returns (base of client.MQTTMessageInfo)."""
