@@ -48,4 +48,4 @@ asan-test: install
 	cd $(ASAN_DIR) && SERMAS_BUS_SANITIZE=1 $(abspath $(VPY)) setup.py build_ext --inplace -q
 	cd $(ASAN_DIR) && LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 		PYTHONPATH=$(ASAN_DIR) $(abspath $(VPY)) -m pytest -p no:sermas_bus -p no:cacheprovider \
-		tests/test_client_basic.py tests/test_client_reliability.py tests/test_json.py tests/test_topics.py tests/test_sermas.py
+		tests/test_client_basic.py tests/test_client_reliability.py tests/test_outbox.py tests/test_json.py tests/test_topics.py tests/test_sermas.py
