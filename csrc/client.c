@@ -30,8 +30,8 @@
 
 /* ---- helpers ---------------------------------------------------------- */
 
-static char *
-raw_strdup(const char *s, Py_ssize_t len)
+char *
+sb_raw_strdup(const char *s, Py_ssize_t len)
 {
     char *r = PyMem_RawMalloc((size_t)len + 1);
     if (r == NULL)
@@ -42,8 +42,8 @@ raw_strdup(const char *s, Py_ssize_t len)
 }
 
 /* str -> raw UTF-8 copy; NULL with an exception on error. */
-static char *
-raw_utf8(PyObject *o, const char *what)
+char *
+sb_raw_utf8(PyObject *o, const char *what)
 {
     Py_ssize_t len;
     const char *s;
@@ -58,11 +58,11 @@ raw_utf8(PyObject *o, const char *what)
         PyErr_Format(PyExc_ValueError, "%s must not contain NUL characters", what);
         return NULL;
     }
-    return raw_strdup(s, len);
+    return sb_raw_strdup(s, len);
 }
 
-static void
-free_str_array(char **a, Py_ssize_t n)
+void
+sb_free_str_array(char **a, Py_ssize_t n)
 {
     Py_ssize_t i;
     if (a == NULL)
@@ -98,8 +98,8 @@ check_usable_pid(sb_client *self, sb_state *st)
     return 0;
 }
 
-static int
-check_usable(sb_client *self, sb_state *st)
+int
+sb_check_usable(sb_client *self, sb_state *st)
 {
     if (check_usable_pid(self, st) < 0)
         return -1;
@@ -110,8 +110,8 @@ check_usable(sb_client *self, sb_state *st)
     return 0;
 }
 
-static sb_state *
-state_of(sb_client *self)
+sb_state *
+sb_state_of(sb_client *self)
 {
     return sb_get_state_by_type(Py_TYPE(self));
 }
@@ -143,7 +143,7 @@ conn_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     self->sock_fd = -1;
     self->window = 20;
     self->next_mid = 0;
-    self->client_id = raw_utf8(client_id, "client_id");
+    self->client_id = sb_raw_utf8(client_id, "client_id");
     if (self->client_id == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -163,8 +163,8 @@ conn_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
 
 /* Destroy the paho handle.  GIL must NOT be held: MQTTClient_destroy may wait
  * up to ~10 s for paho's receive thread, which may want the mutex it holds. */
-static void
-destroy_handle_nogil(sb_client *self)
+void
+sb_destroy_handle_nogil(sb_client *self)
 {
     MQTTClient h = self->handle;
     if (h == NULL)
@@ -175,11 +175,11 @@ destroy_handle_nogil(sb_client *self)
 
 /* Handle lifetime: paho's handle may be destroyed (close) or re-created
  * (connect with another MQTT version) only while no thread is inside a paho
- * call with it.  Users bracket their paho calls with handle_acquire_locked /
- * handle_release_locked; destroyers set closing or recreating, then wait in
- * handle_drain_nogil. */
-static int
-handle_acquire_locked(sb_client *self)
+ * call with it.  Users bracket their paho calls with sb_handle_acquire_locked /
+ * sb_handle_release_locked; destroyers set closing or recreating, then wait in
+ * sb_handle_drain_nogil. */
+int
+sb_handle_acquire_locked(sb_client *self)
 {
     if (self->closing || self->recreating || self->handle == NULL)
         return 0;
@@ -187,15 +187,15 @@ handle_acquire_locked(sb_client *self)
     return 1;
 }
 
-static void
-handle_release_locked(sb_client *self)
+void
+sb_handle_release_locked(sb_client *self)
 {
     if (--self->handle_users == 0)
         pthread_cond_broadcast(&self->pub_cv);
 }
 
-static void
-handle_drain_nogil(sb_client *self)
+void
+sb_handle_drain_nogil(sb_client *self)
 {
     pthread_mutex_lock(&self->mu);
     while (self->handle_users > 0)
@@ -238,11 +238,11 @@ conn_close_impl(sb_client *self)
             MQTTClient_disconnect(h, 0);
         sb_outbox_stop_flusher_nogil(self);
         if (h != NULL) {
-            handle_drain_nogil(self);
+            sb_handle_drain_nogil(self);
             /* nobody else is in paho now: end what the connect made */
             if (connect_in_progress && MQTTClient_isConnected(h))
                 MQTTClient_disconnect(h, 0);
-            destroy_handle_nogil(self);
+            sb_destroy_handle_nogil(self);
         }
         Py_END_ALLOW_THREADS
     }
@@ -295,421 +295,6 @@ conn_dealloc(sb_client *self)
     PyMem_RawFree(self->first_uri);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
-}
-
-/* ---- connect ----------------------------------------------------------- */
-
-typedef struct {
-    char **uris;
-    Py_ssize_t n_uris;
-    char *username;
-    char *password;
-    Py_ssize_t password_len;
-    char *will_topic;
-    char *will_payload;
-    Py_ssize_t will_payload_len;
-    char *tls_strings[6];     /* cafile, capath, certfile, keyfile, keypass, ciphers */
-    MQTTClient_nameValue *headers;
-    Py_ssize_t n_headers;
-    unsigned char *alpn;      /* ALPN wire format (length-prefixed names) */
-    Py_ssize_t alpn_len;
-} connect_args;
-
-static void
-connect_args_free(connect_args *a)
-{
-    int i;
-    Py_ssize_t j;
-    free_str_array(a->uris, a->n_uris);
-    PyMem_RawFree(a->username);
-    PyMem_RawFree(a->password);
-    PyMem_RawFree(a->will_topic);
-    PyMem_RawFree(a->will_payload);
-    for (i = 0; i < 6; i++)
-        PyMem_RawFree(a->tls_strings[i]);
-    PyMem_RawFree(a->alpn);
-    if (a->headers) {
-        for (j = 0; j < a->n_headers; j++) {
-            PyMem_RawFree((void *)a->headers[j].name);
-            PyMem_RawFree((void *)a->headers[j].value);
-        }
-        PyMem_RawFree(a->headers);
-    }
-}
-
-/* Optional str or None from a dict -> raw copy (NULL if absent). */
-static int
-dict_str(PyObject *d, const char *key, char **out)
-{
-    PyObject *v;
-    *out = NULL;
-    if (d == NULL || d == Py_None)
-        return 0;
-    v = PyDict_GetItemString(d, key);   /* borrowed */
-    if (v == NULL || v == Py_None)
-        return 0;
-    *out = raw_utf8(v, key);
-    return *out == NULL ? -1 : 0;
-}
-
-static int
-dict_flag(PyObject *d, const char *key, int dflt)
-{
-    PyObject *v;
-    if (d == NULL || d == Py_None)
-        return dflt;
-    v = PyDict_GetItemString(d, key);
-    if (v == NULL)
-        return dflt;
-    return PyObject_IsTrue(v);
-}
-
-/* tls["alpn"]: bytes in ALPN wire format, or absent/None -> raw copy. */
-static int
-tls_alpn(PyObject *tls, connect_args *a)
-{
-    PyObject *v = PyDict_GetItemString(tls, "alpn");   /* borrowed */
-    char *p;
-    if (v == NULL || v == Py_None)
-        return 0;
-    if (!PyBytes_Check(v)) {
-        PyErr_SetString(PyExc_TypeError, "tls['alpn'] must be bytes (ALPN wire format)");
-        return -1;
-    }
-    PyBytes_AsStringAndSize(v, &p, &a->alpn_len);
-    a->alpn = (unsigned char *)raw_strdup(p, a->alpn_len);
-    if (a->alpn == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;
-}
-
-static PyObject *
-conn_connect(sb_client *self, PyObject *args, PyObject *kw)
-{
-    static char *kwlist[] = {"uris", "mqtt_version", "keepalive", "clean", "username", "password",
-                             "will", "will_props", "props", "tls", "http_headers", "timeout",
-                             "max_inflight", NULL};
-    PyObject *uris, *username = Py_None, *password = Py_None, *will = Py_None, *will_props = Py_None;
-    PyObject *props = Py_None, *tls = Py_None, *headers = Py_None, *result = NULL, *connack_props = NULL;
-    int version = MQTTVERSION_5, keepalive = 60, clean = 1, max_inflight = 20;
-    double timeout = 30.0;
-    sb_state *st = state_of(self);
-    connect_args a;
-    MQTTClient_connectOptions opts = MQTTClient_connectOptions_initializer;
-    MQTTClient_SSLOptions ssl = MQTTClient_SSLOptions_initializer;
-    MQTTClient_willOptions willopts = MQTTClient_willOptions_initializer;
-    MQTTProperties cprops = MQTTProperties_initializer, wprops = MQTTProperties_initializer;
-    MQTTResponse resp = MQTTResponse_initializer;
-    int rc = 0, create_rc = 0, need_create, tls_wanted = 0, server_rm = 65535, reason = -1, acquired = 0;
-    int session_present = 0, returned_version = 0, closed_meanwhile = 0;
-    char returned_uri[512] = "";
-    char uri_list[600] = "";
-    MQTTClient_deliveryToken *tokens = NULL;
-    Py_ssize_t i;
-
-    memset(&a, 0, sizeof a);
-    if (st == NULL || check_usable(self, st) < 0)
-        return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|iipOOOOOOOdi:connect", kwlist, &PyList_Type, &uris,
-                                     &version, &keepalive, &clean, &username, &password, &will,
-                                     &will_props, &props, &tls, &headers, &timeout, &max_inflight))
-        return NULL;
-    if (version != MQTTVERSION_3_1 && version != MQTTVERSION_3_1_1 && version != MQTTVERSION_5) {
-        PyErr_Format(PyExc_ValueError, "mqtt_version must be 3, 4 or 5, not %d", version);
-        return NULL;
-    }
-    a.n_uris = PyList_GET_SIZE(uris);
-    if (a.n_uris < 1) {
-        PyErr_SetString(PyExc_ValueError, "connect needs at least one broker URI");
-        return NULL;
-    }
-    a.uris = PyMem_RawCalloc((size_t)a.n_uris, sizeof(char *));
-    if (a.uris == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (i = 0; i < a.n_uris; i++) {
-        if ((a.uris[i] = raw_utf8(PyList_GET_ITEM(uris, i), "broker URI")) == NULL)
-            goto done;
-        if (strncmp(a.uris[i], "ssl://", 6) == 0 || strncmp(a.uris[i], "wss://", 6) == 0 ||
-            strncmp(a.uris[i], "mqtts://", 8) == 0)
-            tls_wanted = 1;
-        if (i > 0)
-            strncat(uri_list, ", ", sizeof uri_list - strlen(uri_list) - 1);
-        strncat(uri_list, a.uris[i], sizeof uri_list - strlen(uri_list) - 1);
-    }
-    if (username != Py_None && (a.username = raw_utf8(username, "username")) == NULL)
-        goto done;
-    if (password != Py_None) {
-        char *p;
-        if (!PyBytes_Check(password)) {
-            PyErr_SetString(PyExc_TypeError, "password must be bytes or None");
-            goto done;
-        }
-        PyBytes_AsStringAndSize(password, &p, &a.password_len);
-        if ((a.password = raw_strdup(p, a.password_len)) == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-    if (will != Py_None) {
-        PyObject *wt, *wp;
-        int wq, wr;
-        char *p;
-        if (!PyArg_ParseTuple(will, "O!O!ip:will", &PyUnicode_Type, &wt, &PyBytes_Type, &wp, &wq, &wr))
-            goto done;
-        if ((a.will_topic = raw_utf8(wt, "will topic")) == NULL)
-            goto done;
-        PyBytes_AsStringAndSize(wp, &p, &a.will_payload_len);
-        if ((a.will_payload = raw_strdup(p, a.will_payload_len)) == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-        willopts.topicName = a.will_topic;
-        willopts.payload.data = a.will_payload;
-        willopts.payload.len = (int)a.will_payload_len;
-        willopts.qos = wq;
-        willopts.retained = wr;
-        opts.will = &willopts;
-    }
-    if (tls != Py_None) {
-        if (!PyDict_Check(tls)) {
-            PyErr_SetString(PyExc_TypeError, "tls must be a dict or None");
-            goto done;
-        }
-        if (dict_str(tls, "ca_certs", &a.tls_strings[0]) < 0 || dict_str(tls, "ca_path", &a.tls_strings[1]) < 0 ||
-            dict_str(tls, "certfile", &a.tls_strings[2]) < 0 || dict_str(tls, "keyfile", &a.tls_strings[3]) < 0 ||
-            dict_str(tls, "keyfile_password", &a.tls_strings[4]) < 0 || dict_str(tls, "ciphers", &a.tls_strings[5]) < 0)
-            goto done;
-        ssl.trustStore = a.tls_strings[0];
-        ssl.CApath = a.tls_strings[1];
-        ssl.keyStore = a.tls_strings[2];
-        ssl.privateKey = a.tls_strings[3] ? a.tls_strings[3] : a.tls_strings[2];
-        ssl.privateKeyPassword = a.tls_strings[4];
-        ssl.enabledCipherSuites = a.tls_strings[5];
-        ssl.enableServerCertAuth = dict_flag(tls, "verify", 1);
-        ssl.verify = dict_flag(tls, "check_hostname", 1);
-        ssl.sslVersion = MQTT_SSL_VERSION_DEFAULT;
-        ssl.ssl_error_cb = sb_cb_ssl_error;
-        ssl.ssl_error_context = self;
-        if (tls_alpn(tls, &a) < 0)
-            goto done;
-        ssl.protos = a.alpn;
-        ssl.protos_len = (unsigned int)a.alpn_len;
-        opts.ssl = &ssl;
-    }
-    else if (tls_wanted) {
-        /* secure scheme without tls settings: verify against the system store */
-        ssl.enableServerCertAuth = 1;
-        ssl.verify = 1;
-        ssl.ssl_error_cb = sb_cb_ssl_error;
-        ssl.ssl_error_context = self;
-        opts.ssl = &ssl;
-    }
-    if (headers != Py_None) {
-        PyObject *seq = PySequence_Fast(headers, "http_headers must be a sequence of (name, value)");
-        if (seq == NULL)
-            goto done;
-        a.n_headers = PySequence_Fast_GET_SIZE(seq);
-        a.headers = PyMem_RawCalloc((size_t)a.n_headers + 1, sizeof(MQTTClient_nameValue));
-        if (a.headers == NULL) {
-            Py_DECREF(seq);
-            PyErr_NoMemory();
-            goto done;
-        }
-        for (i = 0; i < a.n_headers; i++) {
-            PyObject *kv = PySequence_Fast_GET_ITEM(seq, i);
-            if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2) {
-                Py_DECREF(seq);
-                PyErr_SetString(PyExc_TypeError, "http_headers items must be (name, value) tuples");
-                goto done;
-            }
-            a.headers[i].name = raw_utf8(PyTuple_GET_ITEM(kv, 0), "header name");
-            if (a.headers[i].name == NULL ||
-                (a.headers[i].value = raw_utf8(PyTuple_GET_ITEM(kv, 1), "header value")) == NULL) {
-                Py_DECREF(seq);
-                goto done;
-            }
-        }
-        Py_DECREF(seq);
-        opts.httpHeaders = a.headers;
-    }
-    if (version >= MQTTVERSION_5) {
-        if (sb_props_from_pairs(props, &cprops) < 0 || sb_props_from_pairs(will_props, &wprops) < 0)
-            goto done;
-    }
-    else if ((props != Py_None && PyObject_IsTrue(props)) || (will_props != Py_None && PyObject_IsTrue(will_props))) {
-        PyErr_SetString(st->ProtocolError, "MQTT 5 properties cannot be sent over MQTT 3.1.1; use protocol=MQTTv5");
-        goto done;
-    }
-
-    opts.keepAliveInterval = keepalive;
-    opts.MQTTVersion = version;
-    if (version >= MQTTVERSION_5) {
-        opts.cleanstart = clean;
-        opts.cleansession = 0;
-    }
-    else {
-        opts.cleansession = clean;
-        opts.cleanstart = 0;
-    }
-    opts.username = a.username;
-    if (a.password) {
-        opts.binarypwd.data = a.password;
-        opts.binarypwd.len = (int)a.password_len;
-    }
-    opts.connectTimeout = timeout < 1 ? 1 : (int)(timeout + 0.999);
-    opts.retryInterval = 0;
-    if (max_inflight < 1 || max_inflight > 65535)
-        max_inflight = 65535;
-    opts.maxInflightMessages = max_inflight;
-    opts.serverURIs = a.uris;
-    opts.serverURIcount = (int)a.n_uris;
-    opts.reliable = 0;   /* we keep our own window; paho's "reliable" means 1 in flight */
-
-    need_create = self->handle == NULL || self->mqtt_version != version ||
-                  self->first_uri == NULL || strcmp(self->first_uri, a.uris[0]) != 0;
-    pthread_mutex_lock(&self->mu);
-    self->tls_error[0] = '\0';
-    sb_blocking_enter_locked(self);
-    pthread_mutex_unlock(&self->mu);
-
-    /* connect blocks on the network for up to `timeout`: release the GIL */
-    Py_BEGIN_ALLOW_THREADS
-    /* keep paho's receive thread alive (no 100 ms start/stop sleeps); before
-     * the handle is (re)created, so destroying the old one cannot stop it */
-    (void)sb_keeper_ensure_nogil();   /* -1 is harmless: connects are just slow */
-    if (need_create) {
-        MQTTClient_createOptions co = MQTTClient_createOptions_initializer;
-        pthread_mutex_lock(&self->mu);
-        self->recreating = 1;          /* new calls keep off the old handle */
-        pthread_mutex_unlock(&self->mu);
-        handle_drain_nogil(self);
-        destroy_handle_nogil(self);
-        co.MQTTVersion = version;
-        create_rc = MQTTClient_createWithOptions(&self->handle, a.uris[0], self->client_id,
-                                                 MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
-        if (create_rc == MQTTCLIENT_SUCCESS)
-            create_rc = MQTTClient_setCallbacks(self->handle, self, sb_cb_connection_lost,
-                                                sb_cb_message_arrived, sb_cb_delivery_complete);
-        if (create_rc == MQTTCLIENT_SUCCESS && version >= MQTTVERSION_5)
-            create_rc = MQTTClient_setPublished(self->handle, self, sb_cb_published);
-        if (create_rc != MQTTCLIENT_SUCCESS)
-            destroy_handle_nogil(self);
-        pthread_mutex_lock(&self->mu);
-        self->recreating = 0;
-        pthread_mutex_unlock(&self->mu);
-    }
-    pthread_mutex_lock(&self->mu);
-    acquired = create_rc == MQTTCLIENT_SUCCESS && handle_acquire_locked(self);
-    if (acquired)
-        self->connecting++;     /* close() must not disconnect under paho's connect */
-    pthread_mutex_unlock(&self->mu);
-    if (create_rc == MQTTCLIENT_SUCCESS && !acquired)
-        create_rc = MQTTCLIENT_DISCONNECTED;   /* closed meanwhile */
-    if (acquired) {
-        int nbits = 0;
-        unsigned char *before = sb_socket_fds_snapshot(&nbits);
-        if (version >= MQTTVERSION_5) {
-            sb_keeper_wake_begin_nogil();   /* paho sees the TCP connect at once */
-            resp = MQTTClient_connect5(self->handle, &opts, &cprops, &wprops);
-            sb_keeper_wake_end_nogil();
-            /* any non-zero CONNACK code refuses: v5 success is only 0, and a
-             * 3.1.1-only broker answers a v5 CONNECT with its code 1 */
-            rc = (int)resp.reasonCode;
-            reason = (int)resp.reasonCode > 0 ? (int)resp.reasonCode : -1;
-            if (resp.properties && rc == 0) {
-                if (MQTTProperties_hasProperty(resp.properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM))
-                    server_rm = MQTTProperties_getNumericValue(resp.properties, MQTTPROPERTY_CODE_RECEIVE_MAXIMUM);
-            }
-        }
-        else {
-            sb_keeper_wake_begin_nogil();
-            rc = MQTTClient_connect(self->handle, &opts);
-            sb_keeper_wake_end_nogil();
-            reason = rc > 0 ? rc : -1;
-        }
-        if (rc == 0) {
-            int ntok = 0;
-            session_present = opts.returned.sessionPresent;
-            returned_version = opts.returned.MQTTVersion;
-            if (opts.returned.serverURI)
-                snprintf(returned_uri, sizeof returned_uri, "%s", opts.returned.serverURI);
-            self->sock_fd = sb_find_broker_socket(before, nbits, returned_uri, self->nodelay);
-            /* which of our QoS>0 publishes does paho still hold (resumed session)? */
-            if (MQTTClient_getPendingDeliveryTokens(self->handle, &tokens) == MQTTCLIENT_SUCCESS && tokens)
-                while (tokens[ntok] != -1)
-                    ntok++;
-            pthread_mutex_lock(&self->mu);
-            self->connected = 1;
-            self->window = (unsigned)(max_inflight < server_rm ? max_inflight : server_rm);
-            /* what paho does not re-send goes back to the outbox's queue */
-            sb_outbox_after_connect_locked(self, tokens, ntok);
-            pthread_cond_broadcast(&self->pub_cv);
-            pthread_cond_broadcast(&self->win_cv);
-            pthread_mutex_unlock(&self->mu);
-            if (tokens)
-                MQTTClient_free(tokens);
-        }
-        PyMem_RawFree(before);
-        pthread_mutex_lock(&self->mu);
-        self->connecting--;
-        closed_meanwhile = self->closing;
-        handle_release_locked(self);
-        pthread_mutex_unlock(&self->mu);
-    }
-    Py_END_ALLOW_THREADS
-
-    pthread_mutex_lock(&self->mu);
-    sb_blocking_leave_locked(self);
-    pthread_mutex_unlock(&self->mu);
-
-    if (need_create) {
-        PyMem_RawFree(self->first_uri);
-        self->first_uri = NULL;
-        if (self->handle != NULL) {
-            self->mqtt_version = version;
-            self->first_uri = raw_strdup(a.uris[0], (Py_ssize_t)strlen(a.uris[0]));
-        }
-    }
-    if (closed_meanwhile) {
-        /* not a broker failure: no fall-back, no retry */
-        PyErr_SetString(st->ClosedError, "the client was closed while connecting");
-        goto done;
-    }
-    if (create_rc != MQTTCLIENT_SUCCESS) {
-        sb_raise_rc(st, "creating the MQTT client", create_rc);
-        goto done;
-    }
-    if (rc != 0) {
-        char tls_error[sizeof self->tls_error];
-        pthread_mutex_lock(&self->mu);
-        memcpy(tls_error, self->tls_error, sizeof tls_error);
-        pthread_mutex_unlock(&self->mu);
-        sb_raise_connect_failure(st, uri_list, version, rc, reason, tls_error);
-        goto done;
-    }
-    if (resp.properties) {
-        connack_props = sb_props_to_object(st, 2 /* CONNACK */, resp.properties);
-        if (connack_props == NULL)
-            goto done;
-    }
-    else
-        connack_props = Py_NewRef(Py_None);
-    result = Py_BuildValue("{s:s,s:i,s:O,s:O,s:i,s:I}", "server_uri", returned_uri,
-                           "mqtt_version", returned_version ? returned_version : version,
-                           "session_present", session_present ? Py_True : Py_False,
-                           "properties", connack_props, "receive_maximum", server_rm,
-                           "window", self->window);
-done:
-    Py_XDECREF(connack_props);
-    MQTTResponse_free(resp);
-    MQTTProperties_free(&cprops);
-    MQTTProperties_free(&wprops);
-    connect_args_free(&a);
-    return result;
 }
 
 /* ---- publish ----------------------------------------------------------- */
@@ -957,7 +542,7 @@ publish_direct_nogil(sb_client *self, pub_args *a, sb_out *o, pub_result *r)
         sb_blocking_enter_locked(self);
         blocked = 1;
     }
-    if (!self->connected || !handle_acquire_locked(self)) {
+    if (!self->connected || !sb_handle_acquire_locked(self)) {
         if (blocked)
             sb_blocking_leave_locked(self);
         return -1;
@@ -970,7 +555,7 @@ publish_direct_nogil(sb_client *self, pub_args *a, sb_out *o, pub_result *r)
                                     self->mqtt_version >= MQTTVERSION_5 ? &a->props : NULL, &token);
     pthread_mutex_lock(&self->mu);
     self->sending--;
-    handle_release_locked(self);
+    sb_handle_release_locked(self);
     if (blocked)
         sb_blocking_leave_locked(self);
     if (paho_rc == MQTTCLIENT_SUCCESS) {
@@ -1066,14 +651,14 @@ drop:
 static PyObject *
 conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    sb_state *st = state_of(self);
+    sb_state *st = sb_state_of(self);
     pub_args a;
     pub_result r = {MQTT_ERR_SUCCESS, 0, 0, NULL};
     PyObject *result = NULL;
 
     memset(&a, 0, sizeof a);
     a.props = (MQTTProperties)MQTTProperties_initializer;
-    if (st == NULL || check_usable(self, st) < 0)
+    if (st == NULL || sb_check_usable(self, st) < 0)
         return NULL;
     if (pub_args_parse(self, st, args, nargs, &a) < 0)
         goto done;
@@ -1115,7 +700,7 @@ static PyObject *
 conn_wait_published(sb_client *self, PyObject *args)
 {
     PyObject *info;
-    sb_state *st = state_of(self);
+    sb_state *st = sb_state_of(self);
     sb_out *o;
     int state, reason = 0;
     double timeout, deadline;
@@ -1184,7 +769,7 @@ broker_wait_begin_nogil(sb_client *self)
 {
     int acquired;
     pthread_mutex_lock(&self->mu);
-    acquired = handle_acquire_locked(self);
+    acquired = sb_handle_acquire_locked(self);
     if (acquired)
         sb_blocking_enter_locked(self);
     pthread_mutex_unlock(&self->mu);
@@ -1196,7 +781,7 @@ broker_wait_end_nogil(sb_client *self)
 {
     pthread_mutex_lock(&self->mu);
     sb_blocking_leave_locked(self);
-    handle_release_locked(self);
+    sb_handle_release_locked(self);
     pthread_mutex_unlock(&self->mu);
 }
 
@@ -1208,7 +793,7 @@ request_items(sb_client *self, sb_state *st, PyObject *args, const char *what, P
     PyObject *items;
     char fmt[64];
     *props = Py_None;
-    if (st == NULL || check_usable(self, st) < 0)
+    if (st == NULL || sb_check_usable(self, st) < 0)
         return NULL;
     snprintf(fmt, sizeof fmt, "O|O:%s", what);
     if (!PyArg_ParseTuple(args, fmt, &items, props))
@@ -1223,7 +808,7 @@ request_items(sb_client *self, sb_state *st, PyObject *args, const char *what, P
 static PyObject *
 conn_subscribe(sb_client *self, PyObject *args)
 {
-    sb_state *st = state_of(self);
+    sb_state *st = sb_state_of(self);
     PyObject *props, *seq, *result = NULL;
     Py_ssize_t n = 0, i;
     char **topics = NULL;
@@ -1252,7 +837,7 @@ conn_subscribe(sb_client *self, PyObject *args)
         MQTTSubscribe_options init = MQTTSubscribe_options_initializer;
         if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "Uippi:subscribe item", &f, &q, &nl, &rap, &rh))
             goto done;
-        if ((topics[i] = raw_utf8(f, "topic filter")) == NULL)
+        if ((topics[i] = sb_raw_utf8(f, "topic filter")) == NULL)
             goto done;
         qos[i] = q;
         opts[i] = init;
@@ -1294,7 +879,7 @@ conn_subscribe(sb_client *self, PyObject *args)
 done:
     MQTTResponse_free(resp);
     MQTTProperties_free(&mprops);
-    free_str_array(topics, n);
+    sb_free_str_array(topics, n);
     PyMem_RawFree(qos);
     PyMem_RawFree(opts);
     Py_XDECREF(seq);
@@ -1304,7 +889,7 @@ done:
 static PyObject *
 conn_unsubscribe(sb_client *self, PyObject *args)
 {
-    sb_state *st = state_of(self);
+    sb_state *st = sb_state_of(self);
     PyObject *props, *seq, *result = NULL;
     Py_ssize_t n = 0, i;
     char **topics = NULL;
@@ -1321,7 +906,7 @@ conn_unsubscribe(sb_client *self, PyObject *args)
         goto done;
     }
     for (i = 0; i < n; i++)
-        if ((topics[i] = raw_utf8(PySequence_Fast_GET_ITEM(seq, i), "topic filter")) == NULL)
+        if ((topics[i] = sb_raw_utf8(PySequence_Fast_GET_ITEM(seq, i), "topic filter")) == NULL)
             goto done;
     if (v5 && sb_props_from_pairs(props, &mprops) < 0)
         goto done;
@@ -1350,7 +935,7 @@ conn_unsubscribe(sb_client *self, PyObject *args)
 done:
     MQTTResponse_free(resp);
     MQTTProperties_free(&mprops);
-    free_str_array(topics, n);
+    sb_free_str_array(topics, n);
     Py_XDECREF(seq);
     return result;
 }
@@ -1360,7 +945,7 @@ done:
 static PyObject *
 conn_disconnect(sb_client *self, PyObject *args)
 {
-    sb_state *st = state_of(self);
+    sb_state *st = sb_state_of(self);
     double timeout = 0, deadline;
     int reason = 0, was_connected, acquired;
     PyObject *props = Py_None;
@@ -1391,7 +976,7 @@ conn_disconnect(sb_client *self, PyObject *args)
     was_connected = self->connected;
     self->sock_fd = -1;
     self->connected = 0;
-    acquired = was_connected && handle_acquire_locked(self);
+    acquired = was_connected && sb_handle_acquire_locked(self);
     pthread_mutex_unlock(&self->mu);
     if (acquired) {
         if (self->mqtt_version >= MQTTVERSION_5)
@@ -1401,7 +986,7 @@ conn_disconnect(sb_client *self, PyObject *args)
     }
     pthread_mutex_lock(&self->mu);
     if (acquired)
-        handle_release_locked(self);
+        sb_handle_release_locked(self);
     sb_blocking_leave_locked(self);
     /* unacknowledged publishes stay in the outbox for the next connect, as
      * in paho-mqtt; window waiters queue theirs */
@@ -1435,7 +1020,7 @@ conn_forget(sb_client *self, PyObject *unused)
 static PyObject *
 conn_pump(sb_client *self, PyObject *args)
 {
-    sb_state *st = state_of(self);
+    sb_state *st = sb_state_of(self);
     PyObject *callback, *cbargs, *on_error, *events = NULL;
     double timeout, deadline;
     Py_ssize_t max_batch, nmsgs = 0, nargs;
@@ -1630,7 +1215,7 @@ static PyObject *
 conn_is_connected(sb_client *self, PyObject *unused)
 {
     int c;
-    sb_state *st = state_of(self);
+    sb_state *st = sb_state_of(self);
     if (st == NULL || check_usable_pid(self, st) < 0)
         return NULL;
     pthread_mutex_lock(&self->mu);
@@ -1695,7 +1280,7 @@ conn_stats(sb_client *self, PyObject *unused)
 }
 
 static PyMethodDef conn_methods[] = {
-    {"connect", (PyCFunction)(void (*)(void))conn_connect, METH_VARARGS | METH_KEYWORDS,
+    {"connect", (PyCFunction)(void (*)(void))sb_conn_connect, METH_VARARGS | METH_KEYWORDS,
      "connect($self, /, uris, mqtt_version=5, keepalive=60, clean=True, username=None, password=None,"
      " will=None, will_props=None, props=None, tls=None, http_headers=None, timeout=30.0,"
      " max_inflight=20)\n--\n\nConnect (blocking, GIL released); returns a dict about the session."},

@@ -268,8 +268,22 @@ unsigned char *sb_socket_fds_snapshot(int *nbits);
 int sb_find_broker_socket(const unsigned char *before, int nbits, const char *server_uri, int nodelay);
 void sb_wait_writable(int fd, int timeout_ms);
 
-/* client.c */
+/* client.c: the Connection type, and what connect.c shares with it */
 extern PyType_Spec sb_connection_spec;
+char *sb_raw_strdup(const char *s, Py_ssize_t len);     /* PyMem_Raw copy, NUL-terminated */
+char *sb_raw_utf8(PyObject *o, const char *what);       /* str -> raw UTF-8 copy, or exception */
+void sb_free_str_array(char **a, Py_ssize_t n);
+sb_state *sb_state_of(sb_client *self);
+int sb_check_usable(sb_client *self, sb_state *st);     /* -1 with ForkError/ClosedError */
+/* paho's handle lifetime: users bracket paho calls with acquire/release;
+ * a destroyer sets closing or recreating, then drains */
+int sb_handle_acquire_locked(sb_client *self);
+void sb_handle_release_locked(sb_client *self);
+void sb_handle_drain_nogil(sb_client *self);
+void sb_destroy_handle_nogil(sb_client *self);
+
+/* connect.c: one connect attempt (Connection.connect) */
+PyObject *sb_conn_connect(sb_client *self, PyObject *args, PyObject *kw);
 
 /* json.c: adds json_dumps/json_loads and JSONDecodeError to the module */
 int sb_json_exec(PyObject *mod, sb_state *st);
