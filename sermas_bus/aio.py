@@ -131,7 +131,8 @@ class AsyncClient:
         self._reading = False
         self._closed = False
         self._backlog_max = queue_max or 1_000_000
-        self._window = client._max_inflight or 65535
+        self._engine = client._engine        # the connection life-cycle this face adapts
+        self._window = self._engine.max_inflight or 65535
         self._pending: Dict[int, Tuple[MQTTMessageInfo, "asyncio.Future[Any]"]] = {}
         self._window_waiters: Deque["asyncio.Future[None]"] = collections.deque()
         self._inbox: Deque[MQTTMessage] = collections.deque()
@@ -307,12 +308,12 @@ class AsyncClient:
                 matched = False
                 for cb in self._handlers.iter_match(topic):
                     matched = True
-                    self._invoke(cb, (self, self._client._userdata, msg))
+                    self._invoke(cb, (self, self._client.user_data_get(), msg))
                 if matched:
                     return
         cb = self._on_message
         if cb is not None:
-            self._invoke(cb, (self, self._client._userdata, msg))
+            self._invoke(cb, (self, self._client.user_data_get(), msg))
             return
         self._inbox.append(msg)
         if self._inbox_waiters:
@@ -475,11 +476,12 @@ class AsyncClient:
         return await self._in_executor(self._client.unsubscribe, topic, properties)
 
     def _schedule_reconnect(self) -> None:
-        c = self._client
         if (self._closed or self._loop is None or self._reconnect_timer is not None
-                or self._reconnect_job is not None or not c._want_connect or c._user_disconnect):
+                or self._reconnect_job is not None):
             return
-        delay = max(0.0, c._next_attempt - time.monotonic())
+        delay = self._engine.seconds_until_attempt()
+        if delay is None:
+            return
         self._reconnect_timer = self._loop.call_later(delay, self._reconnect_now)
 
     def _reconnect_now(self) -> None:
@@ -487,7 +489,7 @@ class AsyncClient:
         if self._closed or self._loop is None:
             return
         try:
-            job = self._loop.run_in_executor(None, self._client._maybe_connect)
+            job = self._loop.run_in_executor(None, self._engine.attempt_if_due)
         except RuntimeError as exc:   # the executor is shut down (the loop is ending)
             logger.warning("sermas_bus: cannot reconnect: %s", exc)
             return
@@ -512,9 +514,7 @@ class AsyncClient:
         if self._closed:
             return
         loop = asyncio.get_running_loop()
-        c = self._client
-        c._user_disconnect = True
-        c._want_connect = False
+        self._engine.stop()
         self._cancel_reconnect_timer()
         if self._reconnect_job is not None:
             await asyncio.wait([self._reconnect_job])
@@ -577,7 +577,7 @@ class AsyncClient:
     def max_inflight_messages_set(self, inflight: int) -> None:
         self._client.max_inflight_messages_set(inflight)
         if not self._client.is_connected():
-            self._window = self._client._max_inflight
+            self._window = self._engine.max_inflight
 
     def __repr__(self) -> str:
         state = "connected" if self.is_connected() else "disconnected"

@@ -27,23 +27,23 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import itertools
 import logging
 import os
 import queue as _queue
-import socket
 import ssl
 import tempfile
 import threading
-import time
-import uuid
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _core
 from ._callbacks import Callback
+from ._engine import (  # noqa: F401  (MQTTv31 & co are paho.mqtt.client's names)
+    MQTT_CLEAN_START_FIRST_ONLY, MQTTv31, MQTTv311, MQTTv5, Engine, fork_state,
+    props_pairs as _props_pairs, Subscription as _Subscription,
+)
 from ._queues import END as _END, drain
-from ._urls import broker_uris, host_port, uses_tls
+from ._urls import broker_uris
 from .enums import (  # noqa: F401  (re-exported, as paho.mqtt.client does)
     MQTT_ERR_AGAIN, MQTT_ERR_ACL_DENIED, MQTT_ERR_AUTH, MQTT_ERR_CONN_LOST, MQTT_ERR_CONN_REFUSED,
     MQTT_ERR_ERRNO, MQTT_ERR_INVAL, MQTT_ERR_KEEPALIVE, MQTT_ERR_NO_CONN, MQTT_ERR_NOMEM,
@@ -55,11 +55,9 @@ from .enums import (  # noqa: F401  (re-exported, as paho.mqtt.client does)
     CONNACK_REFUSED_SERVER_UNAVAILABLE, CallbackAPIVersion, ConnackCode, LogLevel, MQTTErrorCode,
     MQTTProtocolVersion, connack_string, error_string,
 )
-from . import _probe
 from .errors import (
-    ClosedError, ConnectError, ConnectionClosedError, ConnectionLostError, ForkError, NotConnectedError,
-    NothingListeningError, ProtocolError, ProtocolVersionError, PublishError, TimeoutError, TLSError,
-    WebSocketUpgradeError,
+    ConnectError, ConnectionLostError, NotConnectedError,
+    ProtocolError, PublishError, TimeoutError,
 )
 from .matcher import TopicMatcher, topic_matches_sub, validate_topic_filter  # noqa: F401
 from .packettypes import PacketTypes
@@ -67,10 +65,6 @@ from .properties import Properties
 from .reasoncodes import ReasonCode, reason_code_from_int
 from .subscribeoptions import SubscribeOptions
 
-MQTTv31 = 3
-MQTTv311 = 4
-MQTTv5 = 5
-MQTT_CLEAN_START_FIRST_ONLY = 3
 MQTTMessage = _core.MQTTMessage
 
 logger = logging.getLogger("sermas_bus")
@@ -182,14 +176,6 @@ def _encode_payload(payload: Any) -> bytes:
                     f"not {type(payload).__name__}")
 
 
-def _props_pairs(properties: Optional[Properties]) -> Optional[list]:
-    if properties is None:
-        return None
-    if not isinstance(properties, Properties):
-        raise TypeError(f"properties must be sermas_bus.properties.Properties, not {type(properties).__name__}")
-    return properties.to_pairs()
-
-
 def _alpn_wire(protocols: Any) -> Optional[bytes]:
     """tls_set(alpn_protocols=["mqtt"]) -> the ALPN wire format OpenSSL takes
     (each name prefixed by its length), or None."""
@@ -209,50 +195,6 @@ def _alpn_wire(protocols: Any) -> Optional[bytes]:
 # paho's convert_connack_rc_to_reason_code: MQTT 3.1.1 CONNACK return codes
 # as the MQTT 5 reason codes a VERSION2 on_connect gets
 _CONNACK_V311_AS_V5 = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
-
-# The MQTT version each broker URI list accepted (the fall-back is paid once
-# per process and broker, not on every connect of a one-shot helper or CLI).
-_VERSION_THAT_WORKED: Dict[Tuple[str, ...], int] = {}
-
-
-def _explain_failure(exc: ConnectError, probes: List["_probe.Probe"], timeout: float) -> ConnectError:
-    """The specific error for a connect paho reported only as a failure."""
-    where = ", ".join(p.uri for p in probes)
-    kinds = {p.kind for p in probes}
-    details = "; ".join(p.detail for p in probes)
-    new: ConnectError
-    if kinds == {_probe.REFUSED}:
-        new = NothingListeningError(f"could not connect to {where}: {details}; is the broker running, and are "
-                                    "the host and port right?")
-    elif _probe.WS_REFUSED in kinds:
-        new = WebSocketUpgradeError(f"could not connect to {where}: the websocket upgrade was refused "
-                                    f"({details}); check the path (ws_set_options(path=...), SERMAS: /mqtt) "
-                                    "and that the port is the broker's websocket listener")
-    else:
-        new = ConnectionClosedError(
-            f"could not connect to {where}: the server accepted the connection but closed it after the MQTT "
-            f"CONNECT (or sent no CONNACK within {timeout:g} s) with MQTT 5 and with 3.1.1; is it an MQTT "
-            "listener with this transport (tcp/websockets, TLS or not)?")
-    new.rc = getattr(exc, "rc", None)
-    new.reason_code = getattr(exc, "reason_code", None)
-    return new
-
-
-@dataclasses.dataclass
-class _Subscription:
-    qos: int
-    no_local: bool
-    retain_as_published: bool
-    retain_handling: int
-    properties: Optional[Properties]
-    # MQTT 5-only options are dropped on an MQTT 3.1.1 connection instead of
-    # refusing the subscription (SermasClient's noLocal and identifiers)
-    degradable: bool = False
-
-    def needs_v5(self) -> bool:
-        return bool(self.no_local or self.retain_as_published or self.retain_handling
-                    or self.properties is not None)
-
 
 class Client:
     """paho-mqtt compatible MQTT client.  See the module docstring for what differs."""
@@ -290,12 +232,8 @@ class Client:
         # "" is sent empty, as paho does: the broker assigns an id (a clean
         # session is required for it, checked above)
         self._client_id = client_id
-        self._clean_session = True if clean_session is None else bool(clean_session)
         self._userdata = userdata
-        self._protocol_auto = protocol is _AUTO
-        self._protocol = MQTTv5 if protocol is _AUTO else protocol
         self._transport = transport
-        self._reconnect_on_failure = reconnect_on_failure
         self._conn = _core.Connection(self._client_id, queue_max=queue_max)
         # poll briefly before sleeping for the next message: measured RTT p50
         # 86 -> 61 us (TCP), 98 -> 60 us (websockets); costs <= spin_us of CPU per batch
@@ -303,49 +241,27 @@ class Client:
         # TCP_NODELAY (default): no ~40 ms Nagle stalls on QoS 1 windows and event
         # tails; False trades that latency for ~1.5x QoS 0 flood throughput
         self._conn.set_options(nodelay=bool(tcp_nodelay))
-        self._username: Optional[str] = None
-        self._password: Optional[bytes] = None
-        self._tls: Optional[Dict[str, Any]] = None
+        #: the connection life-cycle (connect, fall-back, reconnect, subscriptions)
+        self._engine = Engine(self._conn, _PahoHooks(self), client_id, None if protocol is _AUTO else protocol,
+                              reconnect_on_failure, True if clean_session is None else bool(clean_session))
         self._tls_tempfile: Optional[str] = None
         self._ws_path = "/mqtt"
-        self._ws_headers: Optional[List[Tuple[str, str]]] = None
-        self._will: Optional[Tuple[str, bytes, int, bool]] = None
-        self._will_props: Optional[Properties] = None
-        self._keepalive = 60
-        self._connect_timeout = 10.0
-        self._max_inflight = 20
-        self._reconnect_min = 1.0
-        self._reconnect_max = 120.0
-        self._uris: Optional[List[str]] = None
-        self._clean_start: Any = MQTT_CLEAN_START_FIRST_ONLY
-        self._connect_props: Optional[Properties] = None
-        self._connected_once = False
-        self._mqtt_version = self._protocol
-        self._session: Dict[str, Any] = {}
-        self._subscriptions: Dict[str, _Subscription] = {}
-        self._subs_lock = threading.RLock()
         self._handlers = TopicMatcher()
         self._handler_count = 0
-        self._mid = itertools.count(1)
         self._callbacks: Dict[str, Optional[Callback]] = {}
         self._logger: Optional[logging.Logger] = None
         self._pump_lock = threading.RLock()
         self._looping = 0                   # loops delivering right now (any thread)
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
-        self._user_disconnect = False
-        self._want_connect = False          # connect_async or lost: the loop connects
-        self._next_attempt = 0.0
-        self._delay = self._reconnect_min
         self._taps: List["_queue.SimpleQueue[Any]"] = []
         self._closed = False
-        self._reauth_lock = threading.Lock()
-        # paho reports a refused or dropped CONNECT through on_connect /
-        # on_disconnect and the loop retries; SermasClient wants it raised
-        self._raise_refusals = False
-        #: the clear exception of the last refused connect (None after a success)
-        self.last_connect_error: Optional[ConnectError] = None
         _live_clients.add(self)
+
+    @property
+    def last_connect_error(self) -> Optional[ConnectError]:
+        """The clear exception of the last refused connect (None after a success)."""
+        return self._engine.last_connect_error
 
     # ---- callbacks (properties, as in paho) -------------------------------
 
@@ -515,7 +431,7 @@ class Client:
     @property
     def protocol(self) -> int:
         """The MQTT version in use (after any fall-back) or requested."""
-        return self._mqtt_version
+        return self._engine.mqtt_version
 
     @property
     def client_id(self) -> str:
@@ -524,8 +440,8 @@ class Client:
     def username_pw_set(self, username: Optional[str], password: Union[str, bytes, None] = None) -> None:
         if username is not None and not isinstance(username, str):
             raise TypeError(f"username must be str or None, not {type(username).__name__}")
-        self._username = username
-        self._password = _encode_password(password)
+        self._engine.username = username
+        self._engine.password = _encode_password(password)
 
     def enable_logger(self, logger_: Optional[logging.Logger] = None) -> None:
         self._logger = logger_ or logger
@@ -539,24 +455,21 @@ class Client:
             raise ValueError(f"invalid will topic {topic!r}: must be a non-empty topic without wildcards")
         if qos not in (0, 1, 2):
             raise ValueError(f"invalid will QoS {qos!r}: must be 0, 1 or 2")
-        self._will = (topic, _encode_payload(payload), qos, bool(retain))
-        self._will_props = properties
+        self._engine.will = (topic, _encode_payload(payload), qos, bool(retain))
+        self._engine.will_props = properties
 
     def will_clear(self) -> None:
-        self._will = None
-        self._will_props = None
+        self._engine.will = None
+        self._engine.will_props = None
 
     def reconnect_delay_set(self, min_delay: float = 1, max_delay: float = 120) -> None:
-        if min_delay <= 0 or max_delay < min_delay:
-            raise ValueError("reconnect delays must satisfy 0 < min_delay <= max_delay")
-        self._reconnect_min, self._reconnect_max = float(min_delay), float(max_delay)
-        self._delay = self._reconnect_min
+        self._engine.set_reconnect_delay(min_delay, max_delay)
 
     def max_inflight_messages_set(self, inflight: int) -> None:
         """QoS>0 messages awaiting acknowledgement (0 = as many as the broker allows)."""
         if inflight < 0:
             raise ValueError("inflight must be >= 0")
-        self._max_inflight = inflight or 65535
+        self._engine.max_inflight = inflight or 65535
 
     def max_queued_messages_set(self, queue_size: int) -> "Client":
         """Bound on outgoing QoS>0 messages not yet acknowledged (queued while
@@ -578,24 +491,24 @@ class Client:
         """Deprecated in paho too; retries are the library's business."""
 
     def connect_timeout_set(self, timeout: float) -> None:
-        self._connect_timeout = float(timeout)
+        self._engine.connect_timeout = float(timeout)
 
     @property
     def connect_timeout(self) -> float:
-        return self._connect_timeout
+        return self._engine.connect_timeout
 
     @connect_timeout.setter
     def connect_timeout(self, value: float) -> None:
-        self._connect_timeout = float(value)
+        self._engine.connect_timeout = float(value)
 
     def ws_set_options(self, path: str = "/mqtt", headers: Any = None) -> None:
         self._ws_path = path if path.startswith("/") else "/" + path
         if callable(headers):
             headers = headers({})
         if headers is None:
-            self._ws_headers = None
+            self._engine.ws_headers = None
         elif isinstance(headers, dict):
-            self._ws_headers = [(str(k), str(v)) for k, v in headers.items()]
+            self._engine.ws_headers = [(str(k), str(v)) for k, v in headers.items()]
         else:
             raise TypeError("headers must be a dict, a callable returning one, or None")
 
@@ -611,7 +524,7 @@ class Client:
         for name, path in (("ca_certs", ca_certs), ("certfile", certfile), ("keyfile", keyfile)):
             if path is not None and not os.path.isfile(path):
                 raise FileNotFoundError(f"tls_set: {name} {path!r} does not exist")
-        self._tls = {"ca_certs": ca_certs, "certfile": certfile, "keyfile": keyfile,
+        self._engine.tls = {"ca_certs": ca_certs, "certfile": certfile, "keyfile": keyfile,
                      "keyfile_password": keyfile_password, "ciphers": ciphers,
                      "verify": cert_reqs != ssl.CERT_NONE, "check_hostname": cert_reqs != ssl.CERT_NONE,
                      "alpn": alpn}
@@ -634,14 +547,14 @@ class Client:
             self._drop_tls_tempfile()
             self._tls_tempfile = ca_file
         verify = context.verify_mode != ssl.CERT_NONE
-        self._tls = {"ca_certs": ca_file, "verify": verify, "check_hostname": verify and context.check_hostname}
+        self._engine.tls = {"ca_certs": ca_file, "verify": verify, "check_hostname": verify and context.check_hostname}
 
     def tls_insecure_set(self, value: bool) -> None:
         """True: do not check the server's host name (for tests only)."""
-        if self._tls is None:
+        if self._engine.tls is None:
             raise ValueError("call tls_set() or tls_set_context() before tls_insecure_set()")
         # paho's meaning: skip the host-name check (the chain is still verified)
-        self._tls["check_hostname"] = not value
+        self._engine.tls["check_hostname"] = not value
 
     def _drop_tls_tempfile(self) -> None:
         if self._tls_tempfile:
@@ -654,228 +567,40 @@ class Client:
     def proxy_set(self, **proxy_args: Any) -> None:
         raise ProtocolError("proxy_set is not supported by this client")
 
-    # ---- connecting -----------------------------------------------------------
+    # ---- connecting: the engine's verbs, with paho's arguments ---------------
 
     def _set_target(self, host: Any, port: int, keepalive: int, clean_start: Any,
-                    properties: Optional[Properties]) -> None:
-        if keepalive < 0:
-            raise ValueError("keepalive must be >= 0")
-        if properties is not None and self._protocol != MQTTv5:
-            raise ProtocolError("connect properties need protocol=MQTTv5")
-        self._uris = broker_uris(host, port, self._transport, self._tls is not None, self._ws_path)
-        self._keepalive = keepalive
-        self._clean_start = clean_start
-        self._connect_props = properties
+                    properties: Optional[Properties], bind_address: str = "", bind_port: int = 0) -> None:
+        if bind_address or bind_port:
+            raise ProtocolError("bind_address/bind_port are not supported by paho.mqtt.c")
+        uris = broker_uris(host, port, self._transport, self._engine.tls is not None, self._ws_path)
+        self._engine.set_target(uris, keepalive, clean_start, properties)
 
     def connect(self, host: Any = "localhost", port: int = 1883, keepalive: int = 60, bind_address: str = "",
                 bind_port: int = 0, clean_start: Any = MQTT_CLEAN_START_FIRST_ONLY,
                 properties: Optional[Properties] = None) -> MQTTErrorCode:
         """Connect now (blocking).  ``host`` may be a name, a URL or a list of
         them (fail-over).  Raises a ``sermas_bus.errors.ConnectError`` subclass
-        when the broker cannot be reached or refuses."""
-        if bind_address or bind_port:
-            raise ProtocolError("bind_address/bind_port are not supported by paho.mqtt.c")
-        self._set_target(host, port, keepalive, clean_start, properties)
-        self._user_disconnect = False
-        self._connect_or_report()
+        when the broker cannot be reached (no server, TLS, websocket upgrade);
+        a refusal goes to on_connect/on_disconnect and the loop retries."""
+        self._set_target(host, port, keepalive, clean_start, properties, bind_address, bind_port)
+        self._engine.connect()
         return MQTT_ERR_SUCCESS
 
     def connect_async(self, host: Any = "localhost", port: int = 1883, keepalive: int = 60,
                       bind_address: str = "", bind_port: int = 0, clean_start: Any = MQTT_CLEAN_START_FIRST_ONLY,
                       properties: Optional[Properties] = None) -> MQTTErrorCode:
         """Connect from the loop thread (retrying with back-off until it works)."""
-        if bind_address or bind_port:
-            raise ProtocolError("bind_address/bind_port are not supported by paho.mqtt.c")
-        self._set_target(host, port, keepalive, clean_start, properties)
-        self._user_disconnect = False
-        self._want_connect = True
-        self._next_attempt = 0.0
-        self._conn.post(("wake",))
+        self._set_target(host, port, keepalive, clean_start, properties, bind_address, bind_port)
+        self._engine.connect_async()
         return MQTT_ERR_SUCCESS
 
     def connect_srv(self, *args: Any, **kwargs: Any) -> None:
         raise ProtocolError("connect_srv (DNS SRV lookup) is not supported; pass the broker URL")
 
     def reconnect(self) -> MQTTErrorCode:
-        if self._uris is None:
-            raise ValueError("reconnect() before connect(): call connect() first")
-        self._user_disconnect = False
-        if self._conn.is_connected():
-            self._conn.disconnect(0.0, 0, None)   # paho's reconnect() drops the connection first
-        self._connect_or_report()
+        self._engine.reconnect()
         return MQTT_ERR_SUCCESS
-
-    @staticmethod
-    def _is_refusal(exc: BaseException) -> bool:
-        """Failures paho reports from the loop, not from connect(): the broker
-        answered the CONNECT with a refusal, or closed the connection after it.
-        (No server, TLS and websocket-upgrade failures raise, as in paho.)"""
-        return isinstance(exc, ConnectionClosedError) or (
-            isinstance(exc, ConnectError) and getattr(exc, "reason_code", None) is not None)
-
-    def _connect_or_report(self) -> None:
-        try:
-            self._connect_now()
-        except ConnectError as exc:
-            if self._raise_refusals or not self._is_refusal(exc):
-                raise
-            self._report_refusal(exc)
-
-    def _report_refusal(self, exc: ConnectError) -> None:
-        """As paho: on_connect gets the CONNACK's reason code (if there was
-        one), on_disconnect follows, and the loop tries again with back-off
-        (unless reconnect_on_failure=False)."""
-        self.last_connect_error = exc
-        self._log(MQTT_LOG_WARNING, "%s", exc)
-        if self._reconnect_on_failure:
-            self._want_connect = True
-            self._next_attempt = time.monotonic() + self._delay
-            self._delay = min(self._delay * 2, self._reconnect_max)
-        self._conn.post(("refused", getattr(exc, "reason_code", None)))
-
-    def _clean_flag(self) -> bool:
-        if self._mqtt_version != MQTTv5:
-            return self._clean_session
-        if self._clean_start == MQTT_CLEAN_START_FIRST_ONLY:
-            return not self._connected_once
-        return bool(self._clean_start)
-
-    def _tls_diagnosis(self) -> Optional[str]:
-        """After a failed TLS connect without a TLS error text (paho checks the
-        host name without reporting why): redo the handshake with Python's ssl
-        and the same trust settings to say what is wrong.  None if it works."""
-        tls = self._tls or {}
-        for uri in self._uris or []:
-            if not uri.startswith(("ssl://", "wss://")):
-                continue
-            host, port = host_port(uri)
-            ctx = ssl.create_default_context(cafile=tls.get("ca_certs"), capath=tls.get("ca_path"))
-            ctx.check_hostname = bool(tls.get("check_hostname", True))
-            ctx.verify_mode = ssl.CERT_REQUIRED if tls.get("verify", True) else ssl.CERT_NONE
-            try:
-                with socket.create_connection((host, port), timeout=3) as raw:
-                    with ctx.wrap_socket(raw, server_hostname=host):
-                        pass
-            except ssl.SSLCertVerificationError as exc:
-                return f"{uri}: certificate verification failed: {exc.verify_message or exc}"
-            except ssl.SSLError as exc:
-                return f"{uri}: {exc.reason or exc}"
-            except OSError:
-                continue
-        return None
-
-    def _connect_once(self, version: int) -> Dict[str, Any]:
-        self._mqtt_version = version
-        v5 = version == MQTTv5
-        will = self._will
-        return self._conn.connect(
-            self._uris, mqtt_version=version, keepalive=self._keepalive, clean=self._clean_flag(),
-            username=self._username, password=self._password, will=will,
-            will_props=_props_pairs(self._will_props) if v5 else None,
-            props=_props_pairs(self._connect_props) if v5 else None,
-            tls=self._tls, http_headers=self._ws_headers, timeout=self._connect_timeout,
-            max_inflight=self._max_inflight)
-
-    def _fall_back(self, why: str) -> Dict[str, Any]:
-        logger.warning("broker %s %s; falling back to MQTT 3.1.1 (noLocal, retainAsPublished, "
-                       "retainHandling and properties become unavailable)", ", ".join(self._uris or []), why)
-        self._protocol = MQTTv311
-        try:
-            return self._connect_once(MQTTv311)
-        except ConnectError:
-            self._protocol = MQTTv5            # 3.1.1 did not help: try MQTT 5 first next time
-            raise
-
-    def _connect_with_fall_back(self) -> Dict[str, Any]:
-        """One connect: MQTT 5 first (unless fixed), 3.1.1 when the broker
-        refuses MQTT 5 -- by CONNACK code 1, or by closing the socket (or
-        staying silent) after the CONNECT, as RabbitMQ 3.10 and amqtt do."""
-        may_fall_back = self._protocol_auto and self._protocol == MQTTv5
-        try:
-            return self._connect_once(self._protocol)
-        except ProtocolVersionError:
-            if not may_fall_back:
-                raise
-            return self._fall_back("refused MQTT 5 (CONNACK code 1)")
-        except ConnectError as exc:
-            if type(exc) is not ConnectError:
-                raise                          # refused with a reason, TLS: nothing to retry
-            if uses_tls(self._uris or []):
-                why = self._tls_diagnosis()
-                if why is not None:
-                    raise TLSError(f"TLS handshake failed: {why}; check the CA (tls_set(ca_certs=...) or the "
-                                   "system store, SSL_CERT_FILE), the host name in the broker's certificate, "
-                                   "or use tls_insecure_set(True) for tests") from None
-            probes = [_probe.probe(u) for u in self._uris or []]
-            failure = exc
-            if may_fall_back and any(p.kind == _probe.ANSWERS for p in probes):
-                try:
-                    return self._fall_back("closed the connection after an MQTT 5 CONNECT without a CONNACK")
-                except ConnectError as again:
-                    if type(again) is not ConnectError:
-                        raise
-                    failure = again
-            raise _explain_failure(failure, probes, self._connect_timeout) from None
-
-    def _connect_now(self) -> Dict[str, Any]:
-        """Connect (blocking), fall back to 3.1.1 if allowed, restore
-        subscriptions, and queue on_connect for the loop thread."""
-        if _inherited_paho_state:
-            raise ForkError(
-                "cannot connect in this process: it was forked while an MQTT connection was open, and "
-                "paho.mqtt.c's process-wide state (its receive thread and locks) does not survive fork(); "
-                "fork before connecting, or use multiprocessing with the 'spawn' or 'forkserver' start method")
-        cb = self._callbacks.get("on_pre_connect")
-        if cb is not None:
-            self._call("on_pre_connect", (self, self._userdata))
-        self._log(MQTT_LOG_DEBUG, "Connecting to %s as %s", ", ".join(self._uris or []), self._client_id)
-        key = tuple(self._uris or ())
-        if self._protocol_auto and _VERSION_THAT_WORKED.get(key) == MQTTv311:
-            self._protocol = MQTTv311          # this broker fell back before: no MQTT 5 attempt
-        info = self._connect_with_fall_back()
-        if self._protocol_auto:
-            _VERSION_THAT_WORKED[key] = self._protocol
-        self._mqtt_version = info["mqtt_version"]
-        self._session = info
-        first = not self._connected_once
-        self._connected_once = True
-        self.last_connect_error = None
-        self._delay = self._reconnect_min
-        self._want_connect = False
-        if not info["session_present"] or first:
-            self._restore_subscriptions()
-        self._conn.post(("connected", info))
-        return info
-
-    def _restore_subscriptions(self) -> None:
-        """Subscribe again after a connect without a session.  One SUBSCRIBE
-        per set of properties; each filter is judged on its own: one the
-        connection cannot carry, or the broker refuses, is reported (log and
-        on_subscribe with its code) and dropped, the others stay."""
-        with self._subs_lock:
-            subs = list(self._subscriptions.items())
-        groups: Dict[int, List[Tuple[str, _Subscription]]] = {}
-        for t, s in subs:
-            if self._mqtt_version != MQTTv5 and s.needs_v5() and not s.degradable:
-                logger.error("cannot restore the subscription to %r: its MQTT 5 options do not exist in "
-                             "MQTT 3.1.1 (the broker fell back); dropped", t)
-                with self._subs_lock:
-                    if self._subscriptions.get(t) is s:
-                        del self._subscriptions[t]
-                self._conn.post(("subscribed", next(self._mid) % 65536 or 1, [0x80]))
-                continue
-            groups.setdefault(id(s.properties), []).append((t, s))
-        for group in groups.values():
-            props = group[0][1].properties if self._mqtt_version == MQTTv5 else None
-            try:
-                _mid, codes = self._send_subscribe(group, props, notify=False)
-            except Exception as exc:   # the loop must survive; the user hears about it
-                logger.error("restoring %d subscription(s) after reconnect failed: %s", len(group), exc)
-                continue
-            for (t, _s), code in zip(group, codes):
-                if code >= 0x80:
-                    logger.error("the broker refused to restore the subscription to %r (code 0x%02X: %s)",
-                                 t, code, _core.reason_string(code))
 
     # ---- publish ------------------------------------------------------------
 
@@ -924,62 +649,6 @@ class Client:
             return out
         raise TypeError("subscribe: topic must be a str, a (topic, qos) tuple or a list of them")
 
-    def _check_version_can(self, subs: List[Tuple[str, _Subscription]]) -> None:
-        if self._mqtt_version == MQTTv5:
-            return
-        for t, s in subs:
-            if s.needs_v5() and not s.degradable:
-                raise ProtocolError(
-                    f"subscribe {t!r}: noLocal / retainAsPublished / retainHandling / properties need "
-                    f"MQTT 5, but this connection uses MQTT {'3.1.1' if self._mqtt_version == 4 else '3.1'}"
-                    " (the broker refused MQTT 5 or protocol=MQTTv311 was given); "
-                    "drop the option or use an MQTT 5 broker")
-
-    def _subscribe_items(self, subs: List[Tuple[str, _Subscription]]) -> List[Tuple[str, int, bool, bool, int]]:
-        v5 = self._mqtt_version == MQTTv5
-        return [(t, s.qos, s.no_local and v5, s.retain_as_published and v5, s.retain_handling if v5 else 0)
-                for t, s in subs]
-
-    def _forget_refused(self, subs: List[Tuple[str, _Subscription]], codes: List[int]) -> None:
-        """A refused filter is not restored after a reconnect (no phantom)."""
-        with self._subs_lock:
-            for (t, s), code in zip(subs, codes):
-                if code >= 0x80 and self._subscriptions.get(t) is s:
-                    del self._subscriptions[t]
-
-    def _send_subscribe(self, subs: List[Tuple[str, _Subscription]], properties: Optional[Properties],
-                        notify: bool = True) -> Tuple[int, List[int]]:
-        self._check_version_can(subs)
-        props = _props_pairs(properties) if self._mqtt_version == MQTTv5 else None
-        codes = self._conn.subscribe(self._subscribe_items(subs), props)
-        mid = next(self._mid) % 65536 or next(self._mid)
-        for (t, s), code in zip(subs, codes):
-            if code >= 0x80:
-                logger.warning("broker refused subscription to %r (code 0x%02X: %s)", t, code,
-                               _core.reason_string(code))
-            elif code < s.qos:
-                logger.warning("broker granted QoS %d for %r, less than the %d asked for", code, t, s.qos)
-        self._forget_refused(subs, codes)
-        if notify or any(code >= 0x80 for code in codes):
-            self._conn.post(("subscribed", mid, codes))
-        return mid, codes
-
-    def _subscribe_now(self, topic: Any, options: SubscribeOptions, properties: Optional[Properties],
-                       degradable: bool) -> Optional[List[int]]:
-        """Register and (when connected) send one subscription; the broker's
-        reason codes, or None when it waits for the connect (SermasClient)."""
-        subs = self._normalise_subscriptions(topic, 0, options, properties)
-        for _t, s in subs:
-            s.degradable = degradable
-        if not self._protocol_auto or self._connected_once:
-            self._check_version_can(subs)
-        with self._subs_lock:
-            for t, s in subs:
-                self._subscriptions[t] = s
-        if not self._conn.is_connected():
-            return None
-        return self._send_subscribe(subs, properties)[1]
-
     def subscribe(self, topic: Any, qos: int = 0, options: Optional[SubscribeOptions] = None,
                   properties: Optional[Properties] = None) -> Tuple[MQTTErrorCode, Optional[int]]:
         """Subscribe and remember it (restored after every reconnect).
@@ -989,18 +658,13 @@ class Client:
         (MQTT_ERR_NO_CONN, None) is returned, as paho does."""
         if qos not in (0, 1, 2) and options is None and isinstance(topic, (str, bytes)):
             raise ValueError(f"invalid QoS {qos!r}: must be 0, 1 or 2")
-        if properties is not None and self._protocol != MQTTv5:
+        if properties is not None and self._engine.protocol != MQTTv5:
             raise ProtocolError("subscribe properties need MQTT 5")
         subs = self._normalise_subscriptions(topic, qos, options, properties)
-        if not self._protocol_auto or self._connected_once:
-            self._check_version_can(subs)
-        with self._subs_lock:
-            for t, s in subs:
-                self._subscriptions[t] = s
-        if not self._conn.is_connected():
+        sent = self._engine.subscribe(subs, properties)
+        if sent is None:
             return MQTT_ERR_NO_CONN, None
-        mid, _codes = self._send_subscribe(subs, properties)
-        return MQTT_ERR_SUCCESS, mid
+        return MQTT_ERR_SUCCESS, sent[0]
 
     def unsubscribe(self, topic: Union[str, List[str]],
                     properties: Optional[Properties] = None) -> Tuple[MQTTErrorCode, Optional[int]]:
@@ -1009,15 +673,9 @@ class Client:
             raise ValueError("unsubscribe: topic must be a str or a non-empty list of str")
         for t in topics:
             validate_topic_filter(t)
-        with self._subs_lock:
-            for t in topics:
-                self._subscriptions.pop(t, None)
-        if not self._conn.is_connected():
+        mid = self._engine.unsubscribe(topics, properties)
+        if mid is None:
             return MQTT_ERR_NO_CONN, None
-        props = _props_pairs(properties) if self._mqtt_version == MQTTv5 else None
-        codes = self._conn.unsubscribe(topics, props)
-        mid = next(self._mid) % 65536 or next(self._mid)
-        self._conn.post(("unsubscribed", mid, codes))
         return MQTT_ERR_SUCCESS, mid
 
     # ---- disconnect / close ---------------------------------------------------
@@ -1027,10 +685,9 @@ class Client:
         """Disconnect cleanly: waits up to ``timeout`` s for in-flight QoS>0
         publishes, sends DISCONNECT, and stops reconnecting.  The loop delivers
         what had arrived before, calls on_disconnect, and loop_forever returns."""
-        self._user_disconnect = True
-        self._want_connect = False
+        self._engine.stop()
         reason = int(reasoncode) if reasoncode is not None else 0
-        props = _props_pairs(properties) if self._mqtt_version == MQTTv5 else None
+        props = _props_pairs(properties) if self._engine.mqtt_version == MQTTv5 else None
         was = self._conn.disconnect(timeout, reason, props)
         if self._thread is not None or self._looping:
             self._conn.post(("disconnected", was))   # the running loop reports it, in order
@@ -1047,13 +704,10 @@ class Client:
         without a clean start, so the broker keeps subscriptions and queues
         QoS>0 messages meanwhile (MQTT 5 needs a SessionExpiryInterval > 0 in
         the connect properties; 3.1.1 needs clean_session=False)."""
-        if self._uris is None:
+        if self._engine.uris is None:
             raise ValueError("reauthenticate() before connect(): call connect() first")
         self.username_pw_set(username, password)
-        with self._reauth_lock:
-            self._conn.disconnect(timeout, 0, None)
-            self._user_disconnect = False
-            return self._connect_now()
+        return self._engine.reauthenticate(timeout)
 
     def is_connected(self) -> bool:
         return bool(self._conn.is_connected())
@@ -1063,7 +717,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        self._user_disconnect = True
+        self._engine.stop()
         try:
             if self._conn.is_connected():
                 self._conn.disconnect(1.0, 0, None)
@@ -1082,7 +736,7 @@ class Client:
 
     def __repr__(self) -> str:
         state = "connected" if self.is_connected() else "disconnected"
-        return f"<sermas_bus.client.Client id={self._client_id!r} {state} mqtt={self._mqtt_version}>"
+        return f"<sermas_bus.client.Client id={self._client_id!r} {state} mqtt={self._engine.mqtt_version}>"
 
     # ---- the loop -----------------------------------------------------------
 
@@ -1140,9 +794,11 @@ class Client:
             self._on_disconnected(False, ev[1])
         elif kind == "refused":
             self._on_refused(ev[1])
+        elif kind == "connect_failed":
+            self._call("on_connect_fail", (self, self._userdata))
 
     def _on_refused(self, code: Optional[int]) -> None:
-        v5 = self._mqtt_version == MQTTv5
+        v5 = self._engine.mqtt_version == MQTTv5
         if code is not None:
             # paho's on_connect gets MQTT 5 reason codes for 3.1.1 refusals too
             v5_code = code if v5 else _CONNACK_V311_AS_V5.get(code, 0x80)
@@ -1177,7 +833,7 @@ class Client:
             self._call(name, v1, v2)
 
     def _on_disconnected(self, lost: bool, was_connected: bool) -> None:
-        v5 = self._mqtt_version == MQTTv5
+        v5 = self._engine.mqtt_version == MQTTv5
         rc_int = MQTT_ERR_CONN_LOST if lost else MQTT_ERR_SUCCESS
         rc = ReasonCode(PacketTypes.DISCONNECT, identifier=0x80 if lost else 0)
         props = Properties(PacketTypes.DISCONNECT)
@@ -1185,9 +841,7 @@ class Client:
         v1 = (self, self._userdata, rc, props) if v5 else (self, self._userdata, rc_int)
         if lost:
             self._log(MQTT_LOG_WARNING, "Connection lost")
-            if self._reconnect_on_failure and not self._user_disconnect:
-                self._want_connect = True
-                self._next_attempt = time.monotonic() + self._delay
+            self._engine.connection_lost()
         self._dispatch_version("on_disconnect", v1, v2)
 
     def _on_published(self, mid: int, reason: int) -> None:
@@ -1200,45 +854,28 @@ class Client:
         rcs = [reason_code_from_int(PacketTypes.SUBACK, c) for c in codes]
         props = Properties(PacketTypes.SUBACK)
         v2 = (self, self._userdata, mid, rcs, props)
-        v1 = (self, self._userdata, mid, rcs, props) if self._mqtt_version == MQTTv5 else \
+        v1 = (self, self._userdata, mid, rcs, props) if self._engine.mqtt_version == MQTTv5 else \
             (self, self._userdata, mid, tuple(codes))
         self._dispatch_version("on_subscribe", v1, v2)
 
     def _on_unsubscribed(self, mid: int, codes: List[int]) -> None:
         # MQTT 3.1.1's UNSUBACK carries no reason codes: paho passes []
         rcs = [reason_code_from_int(PacketTypes.UNSUBACK, c) for c in codes] \
-            if self._mqtt_version == MQTTv5 else []
+            if self._engine.mqtt_version == MQTTv5 else []
         props = Properties(PacketTypes.UNSUBACK)
         v2 = (self, self._userdata, mid, rcs, props)
-        v1 = (self, self._userdata, mid, props, rcs) if self._mqtt_version == MQTTv5 else \
+        v1 = (self, self._userdata, mid, props, rcs) if self._engine.mqtt_version == MQTTv5 else \
             (self, self._userdata, mid)
         self._dispatch_version("on_unsubscribe", v1, v2)
 
     def _maybe_connect(self) -> None:
         """(Re)connect when connect_async asked for it or the connection was lost."""
-        if not self._want_connect or self._user_disconnect or self._uris is None:
-            return
-        if time.monotonic() < self._next_attempt:
-            return
-        try:
-            self._connect_now()
-        except ClosedError:
-            return                             # closed meanwhile: the loop is ending
-        except ConnectError as exc:
-            if self._is_refusal(exc) and not self._raise_refusals:
-                self._report_refusal(exc)      # on_connect(reason) + on_disconnect, as paho
-                if not self._reconnect_on_failure:
-                    self._want_connect = False
-                return
-            self._log(MQTT_LOG_WARNING, "Connect to %s failed: %s; retrying in %.1f s",
-                      ", ".join(self._uris), exc, self._delay)
-            self._call("on_connect_fail", (self, self._userdata))
-            self._next_attempt = time.monotonic() + self._delay
-            self._delay = min(self._delay * 2, self._reconnect_max)
+        self._engine.attempt_if_due()
 
     def _pump_once(self, timeout: float) -> List[Any]:
-        if self._want_connect and not self._user_disconnect:
-            timeout = max(0.0, min(timeout, self._next_attempt - time.monotonic()))
+        due = self._engine.seconds_until_attempt()
+        if due is not None:
+            timeout = min(timeout, due)
         cb, args = self._message_target()
         with self._pump_lock:
             self._looping += 1      # a loop is delivering: disconnect() posts to it
@@ -1258,15 +895,15 @@ class Client:
 
     def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False) -> MQTTErrorCode:
         """Dispatch on this thread until disconnect() (or loop_stop())."""
-        if retry_first_connection and self._uris is not None and not self._connected_once:
-            self._want_connect = True
+        if retry_first_connection:
+            self._engine.retry_first_connection()
         while not self._stop.is_set():
             self._maybe_connect()
             events = self._pump_once(timeout)
             kinds = {ev[0] for ev in events if isinstance(ev, tuple)}
-            if "disconnected" in kinds or ("refused" in kinds and not self._reconnect_on_failure):
+            if "disconnected" in kinds or ("refused" in kinds and not self._engine.reconnect_on_failure):
                 break
-            if self._user_disconnect and not self._conn.is_connected() and not events:
+            if self._engine.user_disconnect and not self._conn.is_connected() and not events:
                 break
         return MQTT_ERR_SUCCESS
 
@@ -1364,6 +1001,27 @@ class Client:
         return self._conn.stats()
 
 
+class _PahoHooks:
+    """What the engine asks of paho's face: on_pre_connect, and logging
+    through on_log / enable_logger.  Holds the client weakly (the client
+    owns the engine)."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client):
+        self._client = weakref.ref(client)
+
+    def pre_connect(self) -> None:
+        c = self._client()
+        if c is not None and c._callbacks.get("on_pre_connect") is not None:
+            c._call("on_pre_connect", (c, c._userdata))
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        c = self._client()
+        if c is not None:
+            c._log(level, fmt, *args)
+
+
 class _EventSocket:
     __slots__ = ("_fd",)
 
@@ -1389,7 +1047,6 @@ def _close_all_at_exit() -> None:
 
 
 _paho_busy_at_fork = False     # a connection was live in the parent when it forked
-_inherited_paho_state = False  # this process is a child of such a fork
 
 
 def _before_fork() -> None:
@@ -1409,16 +1066,15 @@ def _forget_all_after_fork() -> None:
     """In a forked child paho's threads do not exist: abandon inherited
     handles, and give the Python side fresh locks (a parent's thread may
     have held them at fork time)."""
-    global _inherited_paho_state
-    _inherited_paho_state = _inherited_paho_state or _paho_busy_at_fork
+    # this process is a child of such a fork: the engine refuses to connect
+    fork_state["inherited"] = fork_state["inherited"] or _paho_busy_at_fork
     for c in list(_live_clients):
         c._conn.forget()
         c._thread = None
         c._closed = True
         c._pump_lock = threading.RLock()
         c._looping = 0
-        c._subs_lock = threading.RLock()
-        c._reauth_lock = threading.Lock()
+        c._engine.after_fork()
 
 
 atexit.register(_close_all_at_exit)

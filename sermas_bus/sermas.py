@@ -35,7 +35,8 @@ from .errors import OutboxFullError, SubscribeError, TimeoutError
 from ._core import FilterTrie
 from .packettypes import PacketTypes
 from .properties import Properties
-from .subscribeoptions import SubscribeOptions
+from ._engine import Subscription as EngineSubscription
+from .matcher import validate_topic_filter
 
 logger = logging.getLogger("sermas_bus")
 PASSWORD_PLACEHOLDER = "sermas"   # the broker ignores the password; it must not be empty
@@ -173,8 +174,10 @@ class SermasClient:
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                    client_id=mqtt_client_id or f"sermas-{app_id}-{uuid.uuid4().hex[:12]}",
                                    **({} if protocol is None else {"protocol": protocol}))
-        self._client._clean_session = not self._stable_id   # used if the connection is MQTT 3.1.1
-        self._client._raise_refusals = True     # connect() raises NotAuthorizedError & co (not paho's face)
+        # the connection life-cycle under the paho face (sermas_bus._engine)
+        self._engine = self._client._engine
+        self._engine.clean_session = not self._stable_id   # used if the connection is MQTT 3.1.1
+        self._engine.raise_refusals = True     # connect() raises NotAuthorizedError & co (not paho's face)
         self._client.max_inflight_messages_set(max_inflight)
         # the outbox: events published while offline (any QoS: a SERMAS event
         # should still go out after the reconnect) wait, bounded, in C
@@ -182,7 +185,7 @@ class SermasClient:
             raise ValueError("max_queued must be an int >= 1")
         self.max_queued = max_queued
         self._client.max_queued_messages_set(max_queued)
-        self._client._conn.set_options(queue_qos0=True)
+        self._engine.conn.set_options(queue_qos0=True)
         self._client.connect_timeout_set(connect_timeout)
         if tls_context is not None:
             self._client.tls_set_context(tls_context)
@@ -364,6 +367,8 @@ class SermasClient:
         the events over every subscriber of the group."""
         if not callable(callback):
             raise TypeError("callback must be callable")
+        if isinstance(qos, bool) or qos not in (0, 1, 2):
+            raise ValueError(f"invalid QoS {qos!r}: must be 0, 1 or 2")
         route = self.topic(target, None, subscribe=True, **params)
         broker_filter = f"$share/{share}/{route}" if share else route
         if share is not None and (not share or any(c in share for c in "/+#")):
@@ -387,18 +392,20 @@ class SermasClient:
         if sub.no_local and self._client.protocol != mqtt.MQTTv5:
             self._echo.enable()
         if new:
-            opts = SubscribeOptions(qos=qos, noLocal=sub.no_local)
             props = None
             if self._client.protocol == mqtt.MQTTv5:
                 props = Properties(PacketTypes.SUBSCRIBE)
                 props.SubscriptionIdentifier = sid
             # degradable: on MQTT 3.1.1 noLocal and the identifier are dropped
             # (routing by topic, echo filtered here) instead of refused
+            wanted = EngineSubscription(qos, sub.no_local, False, 0, props, degradable=True)
             try:
-                codes = self._client._subscribe_now(broker_filter, opts, props, degradable=True)
+                validate_topic_filter(broker_filter)
+                sent = self._engine.subscribe([(broker_filter, wanted)], props)
             except BaseException:
                 self._remove(sub, unsubscribe=False)
                 raise
+            codes = sent[1] if sent is not None else None
             if codes and codes[0] >= 0x80:
                 self._remove(sub, unsubscribe=False)
                 raise SubscribeError(

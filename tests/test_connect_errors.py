@@ -146,7 +146,7 @@ def test_refused_subscribe_raises_and_leaves_no_registration(local_bus):
         with pytest.raises(errors.SubscribeError, match="refused"):
             bus.subscribe("app/otherapp/dialogue/messages", lambda e, m: None)
         assert bus._filter_ids == {} and bus._by_sid == {}
-        assert "app/otherapp/dialogue/messages" not in bus.client._subscriptions
+        assert "app/otherapp/dialogue/messages" not in bus.client._engine.subscriptions
         # again: sent again and refused again (no phantom handle)
         with pytest.raises(errors.SubscribeError):
             bus.subscribe("app/otherapp/dialogue/messages", lambda e, m: None)
@@ -167,7 +167,7 @@ def test_restore_is_per_filter_a_refused_one_does_not_drop_the_others(local_bus,
         while not subscribed and time.monotonic() < deadline:
             time.sleep(0.01)
         assert subscribed, "the refused restore was not reported to on_subscribe"
-        assert "app/otherapp/ui/content" not in bus.client._subscriptions
+        assert "app/otherapp/ui/content" not in bus.client._engine.subscriptions
         assert ok.active
         bus.publish(_own("app/myapp/ui/content"), {"x": 1}).wait_for_publish(10)
         deadline = time.monotonic() + 10

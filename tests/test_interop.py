@@ -526,7 +526,7 @@ def test_sermas_client_no_local_on_any_broker(interop, protocol):
         time.sleep(0.3)
         assert got.empty(), "our own event came back despite noLocal"
         # a random client id: no session left behind on a 3.1.1 broker
-        assert me.client._clean_session is True
+        assert me.client._engine.clean_session is True
 
 
 def test_sermas_client_keeps_a_session_only_for_a_chosen_client_id(interop):
@@ -534,4 +534,4 @@ def test_sermas_client_keeps_a_session_only_for_a_chosen_client_id(interop):
 
     with sermas_bus.SermasClient(mqtt_url=interop.url("tcp"), app_id="app",
                                  mqtt_client_id=unique("svc").replace("/", "-")) as bus:
-        assert bus.client._clean_session is False
+        assert bus.client._engine.clean_session is False
