@@ -182,8 +182,10 @@ sb_cb_connection_lost(void *ctx, char *cause)
     pthread_mutex_lock(&c->mu);
     c->connected = 0;
     c->sock_fd = -1;        /* paho closes it; the number may be reused */
-    /* publishers waiting for window room queue their record instead */
+    /* publishers waiting for window room queue their record instead;
+     * subscribers waiting for a SUBACK give up (paho waits its time-out) */
     pthread_cond_broadcast(&c->win_cv);
+    pthread_cond_broadcast(&c->req_cv);
     if (ev) {
         ev->kind = SB_EV_LOST;
         sb_queue_push_locked(c, ev);

@@ -228,6 +228,7 @@ conn_close_impl(sb_client *self)
     pthread_cond_broadcast(&self->pub_cv);
     pthread_cond_broadcast(&self->win_cv);
     pthread_cond_broadcast(&self->ob_cv);
+    pthread_cond_broadcast(&self->req_cv);     /* subscribers give up */
     pthread_mutex_unlock(&self->mu);
 
     if (self->owner_pid == getpid()) {
@@ -287,6 +288,7 @@ conn_dealloc(sb_client *self)
         pthread_cond_destroy(&self->pub_cv);
         pthread_cond_destroy(&self->win_cv);
         pthread_cond_destroy(&self->ob_cv);
+        pthread_cond_destroy(&self->req_cv);
         PyMem_RawFree(self->slots);
     }
     if (self->efd >= 0)
@@ -759,187 +761,6 @@ conn_flush(sb_client *self, PyObject *args)
     return PyBool_FromLong(idle);
 }
 
-/* ---- subscribe / unsubscribe ------------------------------------------ */
-
-/* Enter/leave a call that waits for the broker's answer (GIL not held).
- * Meanwhile paho's receive thread must not wait for queue room: it has to
- * read that answer. */
-static int
-broker_wait_begin_nogil(sb_client *self)
-{
-    int acquired;
-    pthread_mutex_lock(&self->mu);
-    acquired = sb_handle_acquire_locked(self);
-    if (acquired)
-        sb_blocking_enter_locked(self);
-    pthread_mutex_unlock(&self->mu);
-    return acquired;
-}
-
-static void
-broker_wait_end_nogil(sb_client *self)
-{
-    pthread_mutex_lock(&self->mu);
-    sb_blocking_leave_locked(self);
-    sb_handle_release_locked(self);
-    pthread_mutex_unlock(&self->mu);
-}
-
-/* Common start of subscribe/unsubscribe: usable, connected, args parsed.
- * Returns the items as a new "fast" sequence, *props borrowed. */
-static PyObject *
-request_items(sb_client *self, sb_state *st, PyObject *args, const char *what, PyObject **props)
-{
-    PyObject *items;
-    char fmt[64];
-    *props = Py_None;
-    if (st == NULL || sb_check_usable(self, st) < 0)
-        return NULL;
-    snprintf(fmt, sizeof fmt, "O|O:%s", what);
-    if (!PyArg_ParseTuple(args, fmt, &items, props))
-        return NULL;
-    if (self->handle == NULL || !self->connected) {
-        PyErr_Format(st->NotConnectedError, "%s needs a connection; call connect() first", what);
-        return NULL;
-    }
-    return PySequence_Fast(items, "expected a sequence of topic filters");
-}
-
-static PyObject *
-conn_subscribe(sb_client *self, PyObject *args)
-{
-    sb_state *st = sb_state_of(self);
-    PyObject *props, *seq, *result = NULL;
-    Py_ssize_t n = 0, i;
-    char **topics = NULL;
-    int *qos = NULL, v5 = self->mqtt_version >= MQTTVERSION_5;
-    MQTTSubscribe_options *opts = NULL;
-    MQTTProperties mprops = MQTTProperties_initializer;
-    MQTTResponse resp = MQTTResponse_initializer;
-
-    if ((seq = request_items(self, st, args, "subscribe", &props)) == NULL)
-        return NULL;
-    n = PySequence_Fast_GET_SIZE(seq);
-    if (n < 1) {
-        PyErr_SetString(PyExc_ValueError, "subscribe needs at least one topic filter");
-        goto done;
-    }
-    topics = PyMem_RawCalloc((size_t)n, sizeof(char *));
-    qos = PyMem_RawCalloc((size_t)n, sizeof(int));
-    opts = PyMem_RawCalloc((size_t)n, sizeof(MQTTSubscribe_options));
-    if (!topics || !qos || !opts) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (i = 0; i < n; i++) {
-        PyObject *f;
-        int q, nl, rap, rh;
-        MQTTSubscribe_options init = MQTTSubscribe_options_initializer;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "Uippi:subscribe item", &f, &q, &nl, &rap, &rh))
-            goto done;
-        if ((topics[i] = sb_raw_utf8(f, "topic filter")) == NULL)
-            goto done;
-        qos[i] = q;
-        opts[i] = init;
-        opts[i].noLocal = (unsigned char)nl;
-        opts[i].retainAsPublished = (unsigned char)rap;
-        opts[i].retainHandling = (unsigned char)rh;
-    }
-    if (v5 && sb_props_from_pairs(props, &mprops) < 0)
-        goto done;
-
-    /* SUBACK comes back through paho's receive thread: wait without the GIL */
-    Py_BEGIN_ALLOW_THREADS
-    if (broker_wait_begin_nogil(self)) {
-        resp = MQTTClient_subscribeMany5(self->handle, (int)n, topics, qos, v5 ? opts : NULL, v5 ? &mprops : NULL);
-        broker_wait_end_nogil(self);
-    }
-    else
-        resp.reasonCode = MQTTCLIENT_DISCONNECTED;   /* closed meanwhile */
-    Py_END_ALLOW_THREADS
-
-    /* paho's return codes are negative, but MQTTReasonCodes is an unsigned
-     * enum: compare as int ("reasonCode < 0" on the enum is always false).
-     * On 3.1.1 a refused filter is MQTTCLIENT_FAILURE with qos[i] = 0x80. */
-    if ((int)resp.reasonCode < 0 && !(v5 == 0 && (int)resp.reasonCode == MQTTCLIENT_FAILURE)) {
-        sb_raise_rc(st, "subscribe", (int)resp.reasonCode);
-        goto done;
-    }
-    result = PyList_New(n);
-    if (result == NULL)
-        goto done;
-    for (i = 0; i < n; i++) {
-        int code;
-        if (v5)
-            code = (n > 1 && resp.reasonCodes) ? (int)resp.reasonCodes[i] : (int)resp.reasonCode;
-        else
-            code = qos[i];   /* 3.1.1: granted QoS or 0x80 */
-        PyList_SET_ITEM(result, i, PyLong_FromLong(code));
-    }
-done:
-    MQTTResponse_free(resp);
-    MQTTProperties_free(&mprops);
-    sb_free_str_array(topics, n);
-    PyMem_RawFree(qos);
-    PyMem_RawFree(opts);
-    Py_XDECREF(seq);
-    return result;
-}
-
-static PyObject *
-conn_unsubscribe(sb_client *self, PyObject *args)
-{
-    sb_state *st = sb_state_of(self);
-    PyObject *props, *seq, *result = NULL;
-    Py_ssize_t n = 0, i;
-    char **topics = NULL;
-    int v5 = self->mqtt_version >= MQTTVERSION_5;
-    MQTTProperties mprops = MQTTProperties_initializer;
-    MQTTResponse resp = MQTTResponse_initializer;
-
-    if ((seq = request_items(self, st, args, "unsubscribe", &props)) == NULL)
-        return NULL;
-    n = PySequence_Fast_GET_SIZE(seq);
-    topics = PyMem_RawCalloc((size_t)(n ? n : 1), sizeof(char *));
-    if (topics == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (i = 0; i < n; i++)
-        if ((topics[i] = sb_raw_utf8(PySequence_Fast_GET_ITEM(seq, i), "topic filter")) == NULL)
-            goto done;
-    if (v5 && sb_props_from_pairs(props, &mprops) < 0)
-        goto done;
-
-    /* UNSUBACK comes back through paho's receive thread: wait without the GIL */
-    Py_BEGIN_ALLOW_THREADS
-    if (broker_wait_begin_nogil(self)) {
-        resp = MQTTClient_unsubscribeMany5(self->handle, (int)n, topics, v5 ? &mprops : NULL);
-        broker_wait_end_nogil(self);
-    }
-    else
-        resp.reasonCode = MQTTCLIENT_DISCONNECTED;   /* closed meanwhile */
-    Py_END_ALLOW_THREADS
-
-    if ((int)resp.reasonCode < 0) {   /* as int: see subscribe */
-        sb_raise_rc(st, "unsubscribe", (int)resp.reasonCode);
-        goto done;
-    }
-    result = PyList_New(n);
-    if (result == NULL)
-        goto done;
-    for (i = 0; i < n; i++) {
-        int code = (v5 && n > 1 && resp.reasonCodes) ? (int)resp.reasonCodes[i] : (int)resp.reasonCode;
-        PyList_SET_ITEM(result, i, PyLong_FromLong(code));
-    }
-done:
-    MQTTResponse_free(resp);
-    MQTTProperties_free(&mprops);
-    sb_free_str_array(topics, n);
-    Py_XDECREF(seq);
-    return result;
-}
-
 /* ---- disconnect / close ------------------------------------------------ */
 
 static PyObject *
@@ -989,8 +810,9 @@ conn_disconnect(sb_client *self, PyObject *args)
         sb_handle_release_locked(self);
     sb_blocking_leave_locked(self);
     /* unacknowledged publishes stay in the outbox for the next connect, as
-     * in paho-mqtt; window waiters queue theirs */
+     * in paho-mqtt; window waiters queue theirs, subscribers give up */
     pthread_cond_broadcast(&self->win_cv);
+    pthread_cond_broadcast(&self->req_cv);
     pthread_mutex_unlock(&self->mu);
     Py_END_ALLOW_THREADS
     MQTTProperties_free(&mprops);
@@ -1293,10 +1115,10 @@ static PyMethodDef conn_methods[] = {
     {"flush", (PyCFunction)conn_flush, METH_VARARGS,
      "flush($self, timeout, /)\n--\n\nWait (timeout<0: forever) until every accepted publish is "
      "acknowledged (QoS>0) or written (QoS 0); returns whether the outbox is empty."},
-    {"subscribe", (PyCFunction)conn_subscribe, METH_VARARGS,
+    {"subscribe", (PyCFunction)sb_conn_subscribe, METH_VARARGS,
      "subscribe($self, items, props=None, /)\n--\n\n"
      "items: [(filter, qos, no_local, retain_as_published, retain_handling)]; returns reason codes."},
-    {"unsubscribe", (PyCFunction)conn_unsubscribe, METH_VARARGS,
+    {"unsubscribe", (PyCFunction)sb_conn_unsubscribe, METH_VARARGS,
      "unsubscribe($self, filters, props=None, /)\n--\n\nReturns reason codes."},
     {"disconnect", (PyCFunction)conn_disconnect, METH_VARARGS,
      "disconnect($self, timeout=0.0, reason=0, props=None, /)\n--\n\n"

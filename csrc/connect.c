@@ -474,6 +474,9 @@ connect_run_nogil(sb_client *self, connect_request *r, int need_create, connect_
     if (need_create)
         out->create_rc = recreate_handle_nogil(self, r);
     pthread_mutex_lock(&self->mu);
+    /* a subscribe still waiting in paho for the old connection's SUBACK
+     * disconnects the handle when it times out: let it end first */
+    sb_requests_drain_locked(self);
     acquired = out->create_rc == MQTTCLIENT_SUCCESS && sb_handle_acquire_locked(self);
     if (acquired)
         self->connecting++;

@@ -69,6 +69,8 @@ sb_queue_init(sb_client *c)
         return rc;
     if ((rc = init_cond(&c->ob_cv)) != 0)
         return rc;
+    if ((rc = init_cond(&c->req_cv)) != 0)
+        return rc;
     c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (c->efd < 0)
         return errno;

@@ -197,6 +197,9 @@ typedef struct {
     int flusher_started;
     pthread_t flusher;
     pthread_cond_t ob_cv;       /* the flusher waits for work */
+    /* subscribe/unsubscribe requests (request.c) */
+    int requests;               /* request threads inside paho */
+    pthread_cond_t req_cv;      /* an answer came, or the connection went */
     char tls_error[512];        /* last TLS error text from paho's ssl_error_cb */
     uint64_t messages_in, messages_dropped_on_close;
     uint64_t producer_waits;
@@ -284,6 +287,11 @@ void sb_destroy_handle_nogil(sb_client *self);
 
 /* connect.c: one connect attempt (Connection.connect) */
 PyObject *sb_conn_connect(sb_client *self, PyObject *args, PyObject *kw);
+
+/* request.c: subscribe/unsubscribe, given up when the connection goes */
+PyObject *sb_conn_subscribe(sb_client *self, PyObject *args);
+PyObject *sb_conn_unsubscribe(sb_client *self, PyObject *args);
+void sb_requests_drain_locked(sb_client *c);   /* connect waits for old requests */
 
 /* json.c: adds json_dumps/json_loads and JSONDecodeError to the module */
 int sb_json_exec(PyObject *mod, sb_state *st);

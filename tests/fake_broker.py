@@ -23,6 +23,9 @@ Behaviour:
 * After CONNACK: PINGREQ -> PINGRESP, SUBSCRIBE -> SUBACK granting the requested
   QoS, UNSUBSCRIBE -> UNSUBACK, PUBLISH QoS1 -> PUBACK, PUBLISH QoS2 -> PUBREC,
   PUBREL -> PUBCOMP, DISCONNECT -> close.  Nothing is routed to subscribers.
+* ``drop_on={"SUBSCRIBE": 1}``: the first N packets of that type are
+  recorded and answered by closing the connection (a broker that dies
+  mid-request); later ones are answered normally.
 * A first packet that is not CONNECT, or a malformed packet, closes the
   connection.
 """
@@ -154,12 +157,13 @@ class FakeBroker:
     """Threaded fake MQTT broker on 127.0.0.1; see the module docstring."""
 
     def __init__(self, refuse_v5: bool = True, refusal: str = "v5",
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", drop_on: Optional[dict] = None) -> None:
         if refusal not in ("v5", "v311", "close"):
             raise ValueError("refusal must be 'v5' (CONNACK reason 0x84), 'v311' (CONNACK return "
                              "code 1) or 'close' (no CONNACK: RabbitMQ 3.10), got {!r}".format(refusal))
         self.refuse_v5 = refuse_v5
         self.refusal = refusal
+        self.drops_left = {_TYPES_BY_NAME[k]: n for k, n in (drop_on or {}).items()}
         self.host = host
         self.port: Optional[int] = None
         self.packets: List[Packet] = []
@@ -377,6 +381,12 @@ class FakeBroker:
             elif pkt.type in (SUBSCRIBE, UNSUBSCRIBE, PUBREL) and len(body) >= 2:
                 (pkt.packet_id,) = struct.unpack_from("!H", body, 0)
             self._record(pkt)
+            with self._cond:
+                drop = self.drops_left.get(pkt.type, 0) > 0
+                if drop:
+                    self.drops_left[pkt.type] -= 1
+            if drop:
+                return False          # close without answering
 
             if pkt.type == PINGREQ:
                 self._send(sock, conn, PINGRESP_BYTES)

@@ -212,6 +212,92 @@ def test_default_client_speaks_v5_to_a_v5_broker(make_client):
         assert sub.body.endswith(b"t/c" + bytes([0x01 | 0x04]))   # QoS 1 + noLocal bit
 
 
+@pytest.mark.parametrize("request_kind", ["SUBSCRIBE", "UNSUBSCRIBE"])
+def test_request_ends_promptly_when_the_broker_drops_mid_request(make_client, request_kind):
+    """Regression: paho.mqtt.c's subscribe waits for the SUBACK until its 10 s
+    command time-out even after the connection is gone (we measured 10.2 s).
+    The caller now gets its answer when the connection goes: the subscription
+    stays registered and is sent again after the reconnect."""
+    with FakeBroker(refuse_v5=False, drop_on={request_kind: 1}) as fb:
+        c = make_client()
+        c.reconnect_delay_set(0.05, 0.1)
+        c.connect("127.0.0.1", fb.port)
+        c.loop_start()
+        if request_kind == "UNSUBSCRIBE":
+            assert c.subscribe("t/keep", 1)[0] == mqtt.MQTT_ERR_SUCCESS
+        t0 = time.monotonic()
+        if request_kind == "SUBSCRIBE":
+            rc, mid = c.subscribe("t/drop", 1)
+        else:
+            rc, mid = c.unsubscribe("t/keep")
+        elapsed = time.monotonic() - t0
+        assert elapsed < 2.0, f"{request_kind} took {elapsed:.1f} s after the broker dropped"
+        assert (rc, mid) == (mqtt.MQTT_ERR_NO_CONN, None)
+        # reconnects (once paho's stale wait has ended) and restores what is
+        # registered: the dropped subscribe; not the unsubscribed filter
+        fb.wait_for("CONNECT", count=2, timeout=20)
+        wait_until(c.is_connected, 10, "reconnected")
+        if request_kind == "SUBSCRIBE":
+            subs = fb.wait_for("SUBSCRIBE", count=2, timeout=10)
+            assert b"t/drop" in subs[-1].body
+        else:
+            time.sleep(0.3)
+            assert len(fb.received("SUBSCRIBE")) == 1
+
+
+def test_subscription_made_offline_is_sent_when_the_session_was_kept(fresh_broker, make_client, unique_topic):
+    """Regression: a subscription made while disconnected was only sent by
+    the restore after a connect *without* a session; a broker that kept the
+    session never got it.  (MQTT 3.1.1: paho.mqtt.c reports session present
+    only there; on MQTT 5 every reconnect restores all subscriptions.)"""
+    c = make_client(client_id=f"kept-{os.getpid()}", protocol=mqtt.MQTTv311, clean_session=False)
+    inbox = Inbox()
+    c.on_message = inbox
+    sessions = []
+    c.on_connect = lambda client, userdata, flags, rc, props: sessions.append(flags.session_present)
+    c.reconnect_delay_set(0.05, 0.2)
+    c.connect(fresh_broker.host, fresh_broker.port)
+    c.subscribe(unique_topic + "/first", 1)
+    c.loop_start()
+    c.disconnect()
+    c.loop_stop()
+    assert not c.is_connected()
+    c.subscribe(unique_topic + "/later", 1)        # offline: kept for the connect
+    c.reconnect()
+    c.loop_start()
+    wait_until(lambda: len(sessions) == 2, 10, "reconnected")
+    assert sessions == [False, True]               # the broker kept the session
+    pub = make_client()
+    pub.connect(fresh_broker.host, fresh_broker.port)
+    pub.publish(unique_topic + "/later", b"x", qos=1).wait_for_publish(5)
+    assert [m.topic for m in inbox.wait(1, 5)] == [unique_topic + "/later"]
+
+
+def test_restore_on_mqtt5_does_not_resend_retained_messages(broker, make_client, unique_topic):
+    """Regression: paho.mqtt.c never reports "session present" on MQTT 5, so
+    every reconnect restores the subscriptions; with retain handling 0 the
+    broker sent the retained message again on each one (token refreshes
+    too).  Restores now ask for retained messages only for new subscriptions."""
+    pub = make_client()
+    pub.connect(broker.host, broker.port)
+    pub.publish(unique_topic, b"retained", qos=1, retain=True).wait_for_publish(5)
+    c = make_client(client_id=f"rh-{os.getpid()}")
+    inbox = Inbox()
+    c.on_message = inbox
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 60
+    c.connect(broker.host, broker.port, clean_start=False, properties=props)
+    c.loop_start()
+    c.subscribe(unique_topic, 1)
+    inbox.wait(1, 5)
+    c.reauthenticate(None)               # disconnect + connect, the broker keeps the session
+    pub.publish(unique_topic, b"live", qos=1).wait_for_publish(5)
+    got = inbox.wait(2, 5)
+    time.sleep(0.3)
+    assert [m.payload for m in inbox.messages] == [b"retained", b"live"], got
+    pub.publish(unique_topic, b"", qos=1, retain=True).wait_for_publish(5)
+
+
 # ---------------------------------------------------------------------------
 # wait_for_publish
 # ---------------------------------------------------------------------------
