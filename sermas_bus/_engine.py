@@ -47,6 +47,7 @@ from .errors import (
     ClosedError, ConnectError, ConnectionClosedError, ConnectionLostError, ForkError, NotConnectedError,
     NothingListeningError, ProtocolError, ProtocolVersionError, TLSError, WebSocketUpgradeError,
 )
+from .matcher import filter_covers
 from .properties import Properties
 
 logger = logging.getLogger("sermas_bus")
@@ -204,6 +205,11 @@ class Engine:
         # the connection went before the SUBACK): sent after the next connect
         # even when the broker kept the session
         self.unsent: Dict[str, Subscription] = {}
+        #: MQTT 3.1.1 has no subscription identifiers, and a broker may send one
+        #: copy per matching filter: with this set (SermasClient) a filter that
+        #: another registered one covers is not sent to the broker at all
+        self.dedupe_overlaps = False
+        self.at_broker: set = set()         # filters the broker has (only while deduplicating)
         self.subs_lock = threading.RLock()
         self.reauth_lock = threading.Lock()
         self._mid = itertools.count(1)
@@ -466,20 +472,87 @@ class Engine:
 
         return [(t, s.qos, s.no_local and v5, s.retain_as_published and v5, handling(s)) for t, s in subs]
 
-    def _forget_refused(self, subs: Subs, codes: List[int]) -> None:
+    def _answered(self, subs: Subs, codes: List[int]) -> None:
         """The broker answered: a refused filter is not restored after a
         reconnect (no phantom), a granted one is no longer unsent."""
+        reducing = self._reducing()
         with self.subs_lock:
             for (t, s), code in zip(subs, codes):
                 if self.unsent.get(t) is s:
                     del self.unsent[t]
                 if code >= 0x80 and self.subscriptions.get(t) is s:
                     del self.subscriptions[t]
+                elif code < 0x80 and reducing:
+                    self.at_broker.add(t)
+
+    # ---- overlapping filters on MQTT 3.1.1 (dedupe_overlaps) ----
+
+    def _reducing(self) -> bool:
+        return self.dedupe_overlaps and self.mqtt_version != MQTTv5
+
+    def _broker_set(self) -> Dict[str, Subscription]:
+        """The registered filters no other registered filter covers (with at
+        least its QoS): what the broker needs so each event comes once.
+        Partial overlaps (a/+/c and a/b/+) cannot be reduced: documented."""
+        with self.subs_lock:
+            reg = dict(self.subscriptions)
+        plain = [(t, s) for t, s in reg.items() if not t.startswith("$share/")]
+
+        def covered(t: str, s: Subscription) -> bool:
+            return any(u != t and v.qos >= s.qos and filter_covers(u, t) for u, v in plain)
+
+        return {t: s for t, s in reg.items() if t.startswith("$share/") or not covered(t, s)}
+
+    def _served(self, subs: Subs) -> None:
+        """Covered filters need no SUBSCRIBE: no longer unsent."""
+        with self.subs_lock:
+            for t, s in subs:
+                if self.unsent.get(t) is s:
+                    del self.unsent[t]
+
+    def _drop_redundant(self, wanted: Dict[str, Subscription]) -> None:
+        """UNSUBSCRIBE what the broker has that a wider filter now covers
+        (after the wider one's SUBACK: no gap)."""
+        redundant = [t for t in self.at_broker if t not in wanted and t in self.subscriptions]
+        if not redundant:
+            return
+        self.at_broker.difference_update(redundant)
+        try:
+            self.conn.unsubscribe(redundant, None)
+        except (ConnectionLostError, NotConnectedError):
+            pass               # gone with the connection; the restore sends the reduced set
+
+    def _subscribe_reduced(self, subs: Subs, properties: Optional[Properties]) -> Tuple[int, List[int]]:
+        wanted = self._broker_set()
+        send = [(t, s) for t, s in subs if t in wanted]
+        self._served([(t, s) for t, s in subs if t not in wanted])
+        codes_of = {t: s.qos for t, s in subs}          # covered: granted through the wider filter
+        mid = self.next_mid()
+        if send:
+            mid, codes = self.send_subscribe(send, properties, notify=False, quiet=True)
+            codes_of.update(zip([t for t, _ in send], codes))
+        self._drop_redundant(wanted)
+        codes = [codes_of[t] for t, _ in subs]
+        self.conn.post(("subscribed", mid, codes))
+        return mid, codes
+
+    def _unsubscribe_reduced(self, topics: List[str]) -> List[str]:
+        """Before unsubscribing: subscribe what the removed filters covered;
+        then only what the broker has is unsubscribed."""
+        wanted = self._broker_set()
+        missing = [(t, s) for t, s in wanted.items() if t not in self.at_broker]
+        if missing:
+            self.send_subscribe(missing, None, notify=False)
+        held = [t for t in topics if t in self.at_broker]
+        self.at_broker.difference_update(held)
+        return held
 
     def send_subscribe(self, subs: Subs, properties: Optional[Properties],
-                       notify: bool = True, restoring: bool = False) -> Tuple[int, List[int]]:
+                       notify: bool = True, restoring: bool = False,
+                       quiet: bool = False) -> Tuple[int, List[int]]:
         """SUBSCRIBE and wait for the SUBACK; (mid, reason codes).  Posts
-        "subscribed" for on_subscribe (always when one was refused)."""
+        "subscribed" for on_subscribe (always when one was refused, never
+        when quiet)."""
         self.check_version_can(subs)
         props = props_pairs(properties) if self.mqtt_version == MQTTv5 else None
         codes = self.conn.subscribe(self._items(subs, restoring), props)
@@ -490,8 +563,8 @@ class Engine:
                                _core.reason_string(code))
             elif code < s.qos:
                 logger.warning("broker granted QoS %d for %r, less than the %d asked for", code, t, s.qos)
-        self._forget_refused(subs, codes)
-        if notify or any(code >= 0x80 for code in codes):
+        self._answered(subs, codes)
+        if not quiet and (notify or any(code >= 0x80 for code in codes)):
             self.conn.post(("subscribed", mid, codes))
         return mid, codes
 
@@ -502,6 +575,8 @@ class Engine:
         if not self.conn.is_connected():
             return None
         try:
+            if self._reducing():
+                return self._subscribe_reduced(subs, properties)
             return self.send_subscribe(subs, properties)
         except (ConnectionLostError, NotConnectedError):
             return None      # still unsent: goes out after the reconnect
@@ -513,7 +588,9 @@ class Engine:
             return None
         props = props_pairs(properties) if self.mqtt_version == MQTTv5 else None
         try:
-            codes = self.conn.unsubscribe(topics, props)
+            if self._reducing():
+                topics = self._unsubscribe_reduced(topics)
+            codes = self.conn.unsubscribe(topics, props) if topics else []
         except (ConnectionLostError, NotConnectedError):
             return None      # forgotten: not restored after the reconnect
         mid = self.next_mid()
@@ -528,6 +605,12 @@ class Engine:
         on_subscribe with its code) and dropped, the others stay."""
         with self.subs_lock:
             subs = list((self.unsent if only_unsent else self.subscriptions).items())
+        if self._reducing():
+            if not only_unsent:
+                self.at_broker.clear()
+            wanted = self._broker_set()
+            self._served([(t, s) for t, s in subs if t not in wanted])
+            subs = [(t, s) for t, s in subs if t in wanted]
         groups: Dict[int, Subs] = {}
         for t, s in subs:
             if self.mqtt_version != MQTTv5 and s.needs_v5() and not s.degradable:

@@ -16,6 +16,7 @@ import threading
 from typing import Any, Dict, Generic, Iterator, List, Optional, Tuple, TypeVar, Union
 
 __all__ = [
+    "filter_covers",
     "topic_matches_sub",
     "validate_topic_filter",
     "validate_topic_name",
@@ -137,6 +138,24 @@ def validate_topic_filter(sub: Union[str, bytes]) -> str:
     else:
         _check_filter_levels(text.split("/"), text)
     return text
+
+
+def filter_covers(wide: str, narrow: str) -> bool:
+    """True when every topic matching filter ``narrow`` also matches filter
+    ``wide`` (both valid, neither a ``$share/...`` filter).  ``a/#`` covers
+    ``a``, ``a/+`` and ``a/b/#``; ``+/b`` covers ``a/b``; wildcards in the
+    first level do not cover ``$``-topics."""
+    if narrow.startswith("$") and wide[:1] in ("+", "#"):
+        return False
+    w, n = wide.split("/"), narrow.split("/")
+    for i, level in enumerate(w):
+        if level == "#":
+            return True
+        if i >= len(n) or n[i] == "#":
+            return False
+        if level != "+" and (n[i] == "+" or n[i] != level):
+            return False
+    return len(w) == len(n)
 
 
 class _Node:

@@ -178,6 +178,9 @@ class SermasClient:
         self._engine = self._client._engine
         self._engine.clean_session = not self._stable_id   # used if the connection is MQTT 3.1.1
         self._engine.raise_refusals = True     # connect() raises NotAuthorizedError & co (not paho's face)
+        # MQTT 3.1.1: no subscription identifiers, so overlapping filters would
+        # bring the broker's extra copies to every callback: send only the widest
+        self._engine.dedupe_overlaps = True
         self._client.max_inflight_messages_set(max_inflight)
         # the outbox: events published while offline (any QoS: a SERMAS event
         # should still go out after the reconnect) wait, bounded, in C

@@ -535,3 +535,22 @@ def test_sermas_client_keeps_a_session_only_for_a_chosen_client_id(interop):
     with sermas_bus.SermasClient(mqtt_url=interop.url("tcp"), app_id="app",
                                  mqtt_client_id=unique("svc").replace("/", "-")) as bus:
         assert bus.client._engine.clean_session is False
+
+
+def test_sermas_client_overlapping_subscriptions_once_per_callback(interop):
+    """MQTT 3.1.1 has no subscription identifiers, and a broker may send one
+    copy per matching filter (regression: on such brokers every callback got
+    each copy).  Only the widest filter goes to the broker."""
+    import sermas_bus
+
+    narrow, wide = queue.Queue(), queue.Queue()
+    base = unique("app/app/ovl")
+    with sermas_bus.SermasClient(mqtt_url=interop.url("tcp"), app_id="app") as me, \
+            sermas_bus.SermasClient(mqtt_url=interop.url("tcp"), app_id="app") as other:
+        me.subscribe(base + "/x", lambda event, msg: narrow.put(event))
+        me.subscribe(base + "/#", lambda event, msg: wide.put(event))
+        time.sleep(0.3)
+        other.publish(base + "/x", {"n": 1}).wait_for_publish(10)
+        assert narrow.get(timeout=10) == {"n": 1} and wide.get(timeout=10) == {"n": 1}
+        time.sleep(0.5)
+        assert narrow.empty() and wide.empty(), "a callback got the broker's second copy"

@@ -1145,3 +1145,42 @@ def test_validate_topic_filter_agrees_with_level_rules(sub):
     else:
         with pytest.raises(ValueError):
             validate_topic_filter(sub)
+
+
+# ---------------------------------------------------------------------------
+# filter_covers: one filter's topics are a subset of another's
+# ---------------------------------------------------------------------------
+
+from sermas_bus.matcher import filter_covers, topic_matches_sub  # noqa: E402
+
+_LEVELS = st.sampled_from(["a", "b", "+", "$x"])
+
+
+def _filters():
+    body = st.lists(_LEVELS, min_size=1, max_size=4)
+    return st.tuples(body, st.booleans()).map(
+        lambda p: "/".join([lv for lv in p[0] if lv != "$x" or p[0].index(lv) == 0] + (["#"] if p[1] else [])))
+
+
+_TOPICS = [("/".join(t)) for n in range(1, 5) for t in itertools.product(["a", "b", "$x"], repeat=n)
+           if "$x" not in t[1:]]
+
+
+@pytest.mark.parametrize("wide,narrow,expected", [
+    ("a/#", "a", True), ("a/#", "a/b/c", True), ("a/+", "a/b", True), ("+/b", "a/b", True),
+    ("a/+", "a/#", False), ("a/b", "a/+", False), ("#", "$SYS/x", False), ("+/x", "$SYS/x", False),
+    ("a/b", "a/b", True), ("a/+/c", "a/b/+", False), ("a", "a/b", False),
+])
+def test_filter_covers_examples(wide, narrow, expected):
+    assert filter_covers(wide, narrow) is expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(_filters(), _filters())
+def test_filter_covers_agrees_with_matching(wide, narrow):
+    """Sound: when covers(w, n), every topic (of a small universe) n matches, w matches too."""
+    if not filter_covers(wide, narrow):
+        return
+    for topic in _TOPICS:
+        if topic_matches_sub(narrow, topic):
+            assert topic_matches_sub(wide, topic), (wide, narrow, topic)

@@ -150,11 +150,15 @@ def test_unsubscribe_removes_broker_subscription_only_when_unused(broker):
         assert len(b) == 2
 
 
-def test_overlapping_subscriptions_deliver_each_event_once_per_callback(broker):
-    """The broker sends one copy per matching subscription; subscription
-    identifiers route each copy to its own callbacks only."""
+@pytest.mark.parametrize("protocol", [None, mqtt.MQTTv311], ids=["mqtt5", "mqtt311"])
+def test_overlapping_subscriptions_deliver_each_event_once_per_callback(broker, protocol):
+    """On MQTT 5 the broker sends one copy per matching subscription and
+    subscription identifiers route each copy to its own callbacks only; on
+    3.1.1 only the widest filter goes to the broker and events are routed by
+    topic (mosquitto sends one copy there anyway; NATS and amqtt send one per
+    filter: see test_interop's overlapping test, the regression test)."""
     a, b, c = [], [], []
-    with _bus(broker) as bus, _bus(broker) as pub:
+    with _bus(broker, protocol=protocol) as bus, _bus(broker) as pub:
         bus.subscribe("dialogue.messages", lambda e, m: a.append(e["n"]))
         bus.subscribe("dialogue.messages", lambda e, m: b.append(e["n"]), sessionId="s2")
         bus.subscribe(f"app/{APP}/#", lambda e, m: c.append(e["n"]))
@@ -164,6 +168,24 @@ def test_overlapping_subscriptions_deliver_each_event_once_per_callback(broker):
         assert _wait(lambda: len(c) >= 2 and len(a) >= 2 and len(b) >= 1)
         time.sleep(0.3)
     assert sorted(a) == [1, 2] and b == [2] and sorted(c) == [1, 2]
+
+
+def test_mqtt311_narrow_subscription_survives_removing_the_wide_one(broker):
+    """With only the widest filter at the broker (3.1.1), removing it must
+    subscribe the narrower ones first: nothing is lost or doubled."""
+    narrow, wide = [], []
+    with _bus(broker, protocol=mqtt.MQTTv311) as bus, _bus(broker) as pub:
+        bus.subscribe("dialogue.messages", lambda e, m: narrow.append(e["n"]), sessionId="s1")
+        handle = bus.subscribe(f"app/{APP}/#", lambda e, m: wide.append(e["n"]))
+        assert set(bus.client._engine.at_broker) == {f"app/{APP}/#"}
+        pub.publish("dialogue.messages", {"n": 1}, sessionId="s1").wait_for_publish(5)
+        assert _wait(lambda: narrow == [1] and wide == [1])
+        handle.unsubscribe()
+        assert set(bus.client._engine.at_broker) == {f"app/{APP}/dialogue/messages/s1"}
+        pub.publish("dialogue.messages", {"n": 2}, sessionId="s1").wait_for_publish(5)
+        assert _wait(lambda: narrow == [1, 2])
+        time.sleep(0.3)
+    assert narrow == [1, 2] and wide == [1]
 
 
 def test_events_and_wait_for(broker):
