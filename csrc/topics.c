@@ -3,9 +3,10 @@
  *
  *   add(name, template)   "app/:appId/dialogue/messages/:sessionId" is split
  *                         into levels, each a literal or a parameter;
- *   render(...)           fills the parameters (explicit params, then the
- *                         payload's top-level fields, then payload["record"]
- *                         as the platform does, then defaults);
+ *   render(...)           fills the parameters as the platform does, with
+ *                         explicit params on top (params, payload["record"],
+ *                         the payload's top-level fields, payload["task"],
+ *                         then defaults);
  *   match(topic)          resolves an incoming topic to the most specific
  *                         template with a trie over levels.
  *
@@ -78,6 +79,7 @@ typedef struct {
     Py_ssize_t maxdepth;       /* most levels of any template */
     uint64_t seq;
     PyObject *record_key;      /* "record" */
+    PyObject *task_key;        /* "task" */
 } sb_topictable;
 
 /* A value filled into a parameter: a str reference and its UTF-8 bytes. */
@@ -456,12 +458,29 @@ describe(PyObject **out, const tt_tpl *t)
         *out = Py_NewRef(t->text);
 }
 
-/* Look parameter j up in one source.  0: not there (or, when !strict, not a
- * str/int); 1: found, *out set; -1: error.  `from` names the source. */
+/* JavaScript's falsy for what a payload field can hold here: "" and 0
+ * (the platform takes record.* and nested values only when truthy). */
 static int
-lookup_source(const tt_tpl *t, Py_ssize_t j, PyObject *src, int strict, const char *from,
+is_falsy(PyObject *v)
+{
+    if (PyUnicode_Check(v))
+        return PyUnicode_GET_LENGTH(v) == 0;
+    if (PyLong_Check(v) && !PyBool_Check(v))
+        return PyObject_Not(v) == 1;
+    return 0;
+}
+
+/* How a source is read: explicit params and defaults must hold str or int;
+ * payload sources skip other types, and nested ones skip falsy values. */
+enum { SRC_STRICT = 1, SRC_SKIP_FALSY = 2 };
+
+/* Look parameter j up in one source.  0: not there (or not usable, see
+ * flags); 1: found, *out set; -1: error.  `from` names the source. */
+static int
+lookup_source(const tt_tpl *t, Py_ssize_t j, PyObject *src, int flags, const char *from,
               tt_val *out)
 {
+    int strict = flags & SRC_STRICT;
     int rc = 0;
     PyObject *name = t->params[j].name, *v, *s = NULL, *where = NULL;
     const char *why;
@@ -473,6 +492,10 @@ lookup_source(const tt_tpl *t, Py_ssize_t j, PyObject *src, int strict, const ch
         goto done;
     }
     Py_INCREF(v);                      /* hold it: key comparisons may run Python code */
+    if ((flags & SRC_SKIP_FALSY) && is_falsy(v)) {
+        Py_DECREF(v);
+        goto done;
+    }
     s = as_text(v);
     if (s == NULL && (PyErr_Occurred() || strict)) {
         if (!PyErr_Occurred()) {
@@ -509,30 +532,43 @@ done:
     return rc;
 }
 
-/* Fill parameter j: explicit params, the payload's own fields,
- * payload["record"] (as the platform does), then defaults. */
+/* Look parameter j up in the dict payload[key], if it is one (truthy values only). */
+static int
+lookup_nested(const tt_tpl *t, Py_ssize_t j, PyObject *payload, PyObject *key, const char *from,
+              tt_val *out)
+{
+    int rc = 0;
+    PyObject *inner;
+    if (payload == NULL)
+        return 0;
+    inner = PyDict_GetItemWithError(payload, key);   /* borrowed */
+    if (inner == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (PyDict_Check(inner)) {
+        Py_INCREF(inner);
+        rc = lookup_source(t, j, inner, SRC_SKIP_FALSY, from, out);
+        Py_DECREF(inner);
+    }
+    return rc;
+}
+
+/* Fill parameter j as the platform does (sermas-api's MqttService.publish),
+ * with explicit params on top: params; payload["record"] (<scope>Id,
+ * sessionId, agentId: they override the top level); the payload's own
+ * fields; payload["task"] (taskProgress renders from it); defaults. */
 static int
 resolve(sb_topictable *self, const tt_tpl *t, Py_ssize_t j, PyObject *params, PyObject *payload,
         PyObject *defaults, tt_val *out)
 {
-    int rc;
-    PyObject *rec = NULL;
-    rc = lookup_source(t, j, params, 1, "params", out);
+    int rc = lookup_source(t, j, params, SRC_STRICT, "params", out);
+    if (rc == 0 && t->params[j].from_record)
+        rc = lookup_nested(t, j, payload, self->record_key, "payload['record']", out);
     if (rc == 0)
         rc = lookup_source(t, j, payload, 0, "payload", out);
-    if (rc == 0 && payload != NULL && t->params[j].from_record) {
-        rec = PyDict_GetItemWithError(payload, self->record_key);
-        if (rec == NULL) {
-            rc = PyErr_Occurred() ? -1 : 0;
-        }
-        else if (PyDict_Check(rec)) {
-            Py_INCREF(rec);
-            rc = lookup_source(t, j, rec, 0, "payload['record']", out);
-            Py_DECREF(rec);
-        }
-    }
     if (rc == 0)
-        rc = lookup_source(t, j, defaults, 1, "defaults", out);
+        rc = lookup_nested(t, j, payload, self->task_key, "payload['task']", out);
+    if (rc == 0)
+        rc = lookup_source(t, j, defaults, SRC_STRICT, "defaults", out);
     return rc;
 }
 
@@ -997,7 +1033,8 @@ tt_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     }
     self->have_mu = 1;
     self->record_key = PyUnicode_InternFromString("record");
-    if (self->record_key == NULL)
+    self->task_key = PyUnicode_InternFromString("task");
+    if (self->record_key == NULL || self->task_key == NULL)
         goto done;
     result = (PyObject *)self;
     self = NULL;
@@ -1026,6 +1063,7 @@ tt_dealloc(sb_topictable *self)
     sb_segmap_free(&self->by_name);
     PyMem_RawFree(self->order);
     Py_XDECREF(self->record_key);
+    Py_XDECREF(self->task_key);
     if (self->have_mu)
         pthread_mutex_destroy(&self->mu);
     tp->tp_free((PyObject *)self);
@@ -1041,8 +1079,8 @@ static PyMethodDef tt_methods[] = {
     {"render", (PyCFunction)(void (*)(void))tt_render, METH_FASTCALL | METH_KEYWORDS,
      "render($self, name, /, params=None, payload=None, defaults=None, subscribe=False)\n--\n\n"
      "The topic for a table name (or a template / plain topic containing '/').\n"
-     "Each ':param' comes from params, then payload's top-level fields, then\n"
-     "payload['record'] (<scope>Id, sessionId, agentId), then defaults; values are\n"
+     "Each ':param' comes from params, then payload['record'] (<scope>Id, sessionId,\n"
+     "agentId), then payload's top-level fields, then payload['task'], then defaults; values are\n"
      "str or int.  Unfilled: '+' when subscribe, else ValueError."},
     {"match", (PyCFunction)tt_match, METH_O,
      "match($self, topic, /)\n--\n\n"

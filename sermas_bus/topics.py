@@ -7,19 +7,24 @@ starting with ``:`` is a parameter.  The table shipped in
 ``sermas_bus/data/topics.json`` (57 topics, resource -> name -> template) is
 loaded into the module-level :data:`table` when this module is imported.
 
-Rendering a topic to publish to fills every parameter from, in order:
+Rendering a topic to publish to fills every parameter from, in order (the
+platform's order, sermas-api's ``MqttService.publish``, with explicit
+parameters on top):
 
 1. ``params`` (explicit values);
-2. the payload's top-level fields (``{"appId": ..., "sessionId": ...}``);
-3. ``payload["record"]``: its ``<scope>Id`` (the scope is the template's 4th
+2. ``payload["record"]``: its ``<scope>Id`` (the scope is the template's 4th
    level: ``record.taskId`` for ``app/:appId/dialogue/task/:taskId``), its
-   ``sessionId`` and its ``agentId``, as the platform does;
-4. ``defaults`` (typically ``{"appId": ...}``).
+   ``sessionId`` and its ``agentId``, when truthy: on the platform they
+   override the top level;
+3. the payload's top-level fields (``{"appId": ..., "sessionId": ...}``);
+4. ``payload["task"]`` (the platform renders ``taskProgress`` from it), when truthy;
+5. ``defaults`` (typically ``{"appId": ...}``).
 
 Values are ``str`` or ``int`` (written in decimal).  In ``params`` and
 ``defaults`` anything else (``bool``, ``None``, ...) is a TypeError; payload
 fields of other types are skipped, as the platform skips them.  A value that
-is empty or contains ``/``, ``+``, ``#`` or NUL is a ValueError.
+is empty or contains ``/``, ``+``, ``#`` or NUL is a ValueError (an empty
+``record``/``task`` field is skipped instead, as the platform skips falsy ones).
 
 >>> render("dialogue.messages", {"appId": "app1", "sessionId": "s1"})
 'app/app1/dialogue/messages/s1'
