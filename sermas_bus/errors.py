@@ -15,6 +15,7 @@
      +-- PublishError                            broker refused a publish (reason code)
      +-- OutboxFullError                         too many publishes wait for the broker
      +-- SubscribeError                          broker refused a subscription
+     |    +-- SubscriptionRefusedError            ... with .filter, .reason_code and why
      +-- ForkError (RuntimeError)                client used in a forked child
      +-- ClosedError (RuntimeError)              client already closed
      +-- JSONDecodeError (ValueError)            payload is not UTF-8 JSON (sermas_bus.json)
@@ -40,6 +41,39 @@ from ._core import (  # noqa: F401
     TLSError,
 )
 
+
+
+class SubscriptionRefusedError(SubscribeError):
+    """The broker refused a subscription (SUBACK 0x80 on MQTT 3.1.1, 0x87 Not
+    authorized and friends on MQTT 5).  ``filter`` is the refused filter and
+    ``reason_code`` the broker's code; the message says what the SERMAS
+    platform's rule allows instead when that is why."""
+
+    def __init__(self, message: str, filter: str, reason_code: int):
+        super().__init__(message)
+        self.filter = filter
+        self.reason_code = reason_code
+
+
+def platform_acl_hint(filter_: str) -> str:
+    """Why the SERMAS platform's ACL refuses ``filter_``, and what to ask for
+    instead; "" when the rule allows its shape (then the token lacks the
+    permission, or the broker has other rules).  The rule: the topic must
+    start with ``app/`` or ``user/``, and levels 3-4 are ``<resource>/<scope>``
+    for which the token needs the permission ``<resource>:<scope>``."""
+    if filter_.startswith("$share/"):
+        inner = filter_.split("/", 2)[2] if filter_.count("/") >= 2 else ""
+        return (f"the platform refuses shared subscriptions ($share/...): its ACL check sees the "
+                f"'$share/' prefix; subscribe to {inner!r} without share=")
+    levels = filter_.split("/")
+    if levels[0] not in ("app", "user"):
+        return ("the platform allows only topics under app/<appId>/... or user/<appId>/... "
+                "(system/... needs a superuser token)")
+    if len(levels) < 4 or any(lv in ("+", "#") for lv in levels[2:4]):
+        app = levels[1] if len(levels) > 1 else "<appId>"
+        return (f"the platform grants <resource>:<scope> permissions, so levels 3-4 must be named: "
+                f"subscribe to e.g. {levels[0]}/{app}/dialogue/messages/+ instead")
+    return f"the token needs the permission {levels[2]}:{levels[3]} in app {levels[1]!r}"
 
 
 class NothingListeningError(ConnectError, ConnectionRefusedError):

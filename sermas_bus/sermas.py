@@ -31,7 +31,7 @@ from . import topics as _topics
 from ._queues import drain
 from .auth import ClientCredentials, ProviderToken, StaticToken, Token, TokenSource, UserLogin
 from . import _core
-from .errors import OutboxFullError, SubscribeError, TimeoutError
+from .errors import OutboxFullError, SubscriptionRefusedError, TimeoutError, platform_acl_hint
 from ._core import FilterTrie
 from .packettypes import PacketTypes
 from .properties import Properties
@@ -411,10 +411,10 @@ class SermasClient:
             codes = sent[1] if sent is not None else None
             if codes and codes[0] >= 0x80:
                 self._remove(sub, unsubscribe=False)
-                raise SubscribeError(
+                raise SubscriptionRefusedError(
                     f"the broker refused the subscription to {broker_filter!r}: "
-                    f"{_core.reason_string(codes[0])} (reason code 0x{codes[0]:02X}); on SERMAS the token needs "
-                    "the permission for this topic, and shared subscriptions ($share) are refused")
+                    f"{_core.reason_string(codes[0])} (reason code 0x{codes[0]:02X}); "
+                    f"{platform_acl_hint(broker_filter)}", broker_filter, codes[0])
         return sub
 
     def on(self, target: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

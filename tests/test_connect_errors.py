@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
+import re
 import time
 
 import pytest
@@ -143,8 +144,12 @@ def _own(topic):
 
 def test_refused_subscribe_raises_and_leaves_no_registration(local_bus):
     with _bus(local_bus) as bus:
-        with pytest.raises(errors.SubscribeError, match="refused"):
+        with pytest.raises(errors.SubscriptionRefusedError, match="refused") as info:
             bus.subscribe("app/otherapp/dialogue/messages", lambda e, m: None)
+        assert isinstance(info.value, errors.SubscribeError)
+        assert info.value.filter == "app/otherapp/dialogue/messages"
+        assert info.value.reason_code == 0x87
+        assert "dialogue:messages" in str(info.value)
         assert bus._filter_ids == {} and bus._by_sid == {}
         assert "app/otherapp/dialogue/messages" not in bus.client._engine.subscriptions
         # again: sent again and refused again (no phantom handle)
@@ -176,3 +181,14 @@ def test_restore_is_per_filter_a_refused_one_does_not_drop_the_others(local_bus,
         assert got == [{"x": 1}]
     finally:
         bus.close()
+
+
+@pytest.mark.parametrize("filter_, hint", [
+    ("$share/workers/app/myapp/dialogue/messages/+", "refuses shared subscriptions"),
+    ("app/myapp/#", "dialogue/messages/\\+ instead"),
+    ("app/myapp/+/messages", "levels 3-4 must be named"),
+    ("system/anything", "superuser"),
+    ("app/myapp/ui/content", "permission ui:content"),
+])
+def test_platform_acl_hint_explains_the_rule(filter_, hint):
+    assert re.search(hint, errors.platform_acl_hint(filter_))
