@@ -43,6 +43,12 @@ class AuthRequestError(AuthError):
     """The platform called the request malformed (HTTP 400/404/422...)."""
 
 
+class AuthServerError(AuthError):
+    """The platform answered HTTP 5xx.  Its token endpoints pass every
+    identity-provider failure on as a 500, so this is also what a refused
+    refresh token looks like there."""
+
+
 class AuthUnreachable(AuthError, ConnectionError):
     """The REST API could not be reached (network, DNS, time-out, HTTP 5xx)."""
 
@@ -128,7 +134,9 @@ def post_json(url: str, body: Dict[str, Any], bearer: Optional[str] = None, time
             raise AuthRejected(f"POST {url} was refused (HTTP {exc.code}{detail}): check the app id, "
                                "client id and secret, or log in again") from None
         if exc.code >= 500:
-            raise AuthUnreachable(f"POST {url} failed on the server (HTTP {exc.code}{detail}); try again later") from None
+            raise AuthServerError(f"POST {url} failed on the server (HTTP {exc.code}{detail}): the platform "
+                                  "answers this when its identity provider refuses (e.g. a stale refresh "
+                                  "token) or is down; try again later") from None
         raise AuthRequestError(f"POST {url} was rejected as a bad request (HTTP {exc.code}{detail}); "
                                "check the base URL and the parameters") from None
     except (urllib.error.URLError, OSError) as exc:
@@ -183,8 +191,11 @@ class ClientCredentials(TokenSource):
                                {"refreshToken": token.refresh_token, "appId": self.app_id,
                                 "clientId": self.client_id, "clientSecret": self._secret},
                                bearer=token.access_token, timeout=self.timeout)
-        except (AuthRejected, AuthRequestError):
-            logger.info("refresh token refused; fetching a new access token with the client credentials")
+        except (AuthRejected, AuthRequestError, AuthServerError) as exc:
+            # the platform answers a refused refresh with HTTP 500: any refusal
+            # falls back to the client credentials
+            logger.info("refresh failed (%s); fetching a new access token with the client credentials",
+                        type(exc).__name__)
             return self.fetch()
         return Token.from_answer(answer)
 
@@ -193,14 +204,20 @@ class ClientCredentials(TokenSource):
 
 
 class UserLogin(TokenSource):
-    def __init__(self, base_url: str, app_id: str, username: str, password: str, timeout: float = 10.0):
+    """A user's login (``/api/auth/login``).  ``client_id``: the platform's
+    default is ``<appId>-application``; the refresh endpoint needs it."""
+
+    def __init__(self, base_url: str, app_id: str, username: str, password: str, timeout: float = 10.0,
+                 client_id: Optional[str] = None):
         self.base_url = base_url.rstrip("/")
         self.app_id, self.username, self._password, self.timeout = app_id, username, password, timeout
+        self.client_id = client_id or f"{app_id}-application"
 
     def fetch(self) -> Token:
         answer = post_json(f"{self.base_url}/api/auth/login",
                            {"appId": self.app_id, "username": self.username, "password": self._password,
-                            "ts": datetime.now(timezone.utc).isoformat()}, timeout=self.timeout)
+                            "clientId": self.client_id, "ts": datetime.now(timezone.utc).isoformat()},
+                           timeout=self.timeout)
         return Token.from_answer(answer)
 
     def refresh(self, token: Token) -> Token:
@@ -208,9 +225,10 @@ class UserLogin(TokenSource):
             return self.fetch()
         try:
             answer = post_json(f"{self.base_url}/api/auth/refresh",
-                               {"refreshToken": token.refresh_token, "appId": self.app_id},
+                               {"refreshToken": token.refresh_token, "clientId": self.client_id},
                                bearer=token.access_token, timeout=self.timeout)
-        except (AuthRejected, AuthRequestError):
+        except (AuthRejected, AuthRequestError, AuthServerError) as exc:
+            logger.info("refresh failed (%s); logging in again", type(exc).__name__)
             return self.fetch()
         return Token.from_answer(answer)
 

@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .auth import AuthError, AuthRejected, AuthUnreachable
+    from .auth import AuthError, AuthRejected, AuthServerError, AuthUnreachable
     from .errors import ConnectError, NotAuthorizedError, SermasBusError
     args = build_parser().parse_args(argv)
     try:
@@ -238,7 +238,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (AuthRejected, NotAuthorizedError) as exc:
         print(f"sermas-bus: {exc}", file=sys.stderr)
         return EXIT_AUTH
-    except (AuthUnreachable, ConnectError) as exc:
+    except (AuthUnreachable, AuthServerError, ConnectError) as exc:
         print(f"sermas-bus: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (AuthError, SermasBusError, ValueError) as exc:

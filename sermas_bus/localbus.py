@@ -148,7 +148,7 @@ class LocalBus:
 
     ``apps``: ``{appId: {"clients": {clientId: clientSecret}, "users": {username: password}}}``,
     the credentials the token endpoints accept.  ``token_ttl``: access token
-    lifetime in seconds.  ``tls``: also listen with TLS (``url("mqtts")``,
+    lifetime in seconds (default 12 h, as the platform's reference deployment).  ``tls``: also listen with TLS (``url("mqtts")``,
     ``url("wss")``, verified with ``ca_file``).  ``secret``: the HS256 key
     (default: 32 random bytes).  ``log_type``, ``binary``: as for ``Mosquitto``.
     ``plugin``: path of the plugin's shared library (default: the one built
@@ -160,7 +160,7 @@ class LocalBus:
     interpreter exits.
     """
 
-    def __init__(self, apps: Optional[Mapping[str, Any]] = None, token_ttl: float = 300.0,
+    def __init__(self, apps: Optional[Mapping[str, Any]] = None, token_ttl: float = 12 * 3600.0,
                  tls: bool = False, *, secret: Optional[bytes] = None, log_type: str = "all",
                  binary: Optional[str] = None, plugin: Optional[str] = None,
                  ready_timeout: float = 10.0) -> None:

@@ -141,7 +141,8 @@ class SermasClient:
 
     Credentials, in order of precedence: ``token_provider`` (callable returning
     a token or token answer), ``token`` (+ ``refresh_token``), ``username`` +
-    ``password`` (user login), ``client_id`` + ``client_secret`` (app client).
+    ``password`` (user login; ``client_id`` is then the login's client, default
+    ``<appId>-application``), ``client_id`` + ``client_secret`` (app client).
     With none, it connects anonymously (local development brokers)."""
 
     def __init__(self, base_url: str = "http://localhost:8080", app_id: Optional[str] = None,
@@ -219,7 +220,8 @@ class SermasClient:
         if username is not None:
             if password is None:
                 raise ValueError("username needs a password")
-            return UserLogin(self.base_url, self.app_id, username, password)
+            # client_id here: the login's client (default <appId>-application)
+            return UserLogin(self.base_url, self.app_id, username, password, client_id=client_id)
         if client_id is not None:
             if client_secret is None:
                 raise ValueError("client_id needs a client_secret")

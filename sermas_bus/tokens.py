@@ -5,8 +5,16 @@ For tests, notebooks and the local bus.  It answers, on a free loopback port:
 * ``POST /api/platform/token/access_token`` (alias ``/api/platform/token``)
   ``{appId, clientId, clientSecret}`` -> Keycloak-style token answer;
 * ``POST /api/platform/token/refresh_token`` (alias ``/refresh``)
-  ``{refreshToken, appId, clientId, clientSecret}`` -> a new answer;
-* ``POST /api/auth/login`` ``{appId, username, password}`` and ``/api/auth/refresh``.
+  ``{refreshToken, appId, clientId, clientSecret}`` -> a new answer.  As on the
+  platform it is not public: it needs ``Authorization: Bearer <access token>``
+  (401 without a valid one); an unknown refresh token is an identity-provider
+  failure, HTTP 500; without ``refreshToken`` but with the client's secret it
+  issues a fresh client-credentials token;
+* ``POST /api/auth/login`` ``{appId, username, password}`` (``clientId``
+  optional) and ``/api/auth/refresh`` ``{refreshToken, clientId}`` (public; a
+  missing ``clientId`` or unknown token is HTTP 500, as Keycloak's failures are).
+
+Access tokens live 12 h by default, as in the platform's reference deployment.
 
 Access tokens are JWTs signed with ``secret`` (HS256) whose claims carry
 ``sub``, ``appId``, ``clientId``, ``iat``, ``exp`` and a serial ``jti``; an
@@ -61,7 +69,7 @@ class TokenServer:
     ``ttl``: access token lifetime in seconds.  ``issued`` lists every token
     issued, in order, as (kind, claims)."""
 
-    def __init__(self, secret: Optional[bytes] = None, ttl: float = 300.0,
+    def __init__(self, secret: Optional[bytes] = None, ttl: float = 12 * 3600.0,
                  clients: Optional[Dict[Tuple[str, str], str]] = None,
                  users: Optional[Dict[Tuple[str, str], str]] = None, host: str = "127.0.0.1"):
         self.secret = secret or secrets.token_bytes(32)
@@ -125,24 +133,48 @@ class TokenServer:
                 "refresh_expires_in": life * 10, "token_type": "Bearer"}
 
     # request handling, called from the HTTP handler threads
-    def _handle(self, path: str, body: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+    def _client_token(self, body: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        key = (str(body.get("appId", "")), str(body.get("clientId", "")))
+        if key not in self.clients:
+            return 401, {"message": "unknown client"}
+        if self.clients[key] != body.get("clientSecret"):
+            return 401, {"message": "invalid client credentials"}
+        return 200, self.issue(key[0], key[1], "client")
+
+    def _bearer_ok(self, authorization: Optional[str]) -> bool:
+        if not authorization or not authorization.startswith("Bearer "):
+            return False
+        try:
+            verify_jwt(authorization[len("Bearer "):], self.secret)
+        except ValueError:
+            return False
+        return True
+
+    def _use_refresh_token(self, body: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+        with self._lock:
+            known = self._refresh.pop(str(body.get("refreshToken", "")), None)
+        if known is None:   # Keycloak refuses; the platform passes that on as a 500
+            return 500, {"message": "Internal server error", "error": "invalid refresh token"}
+        kind, app_id, subject = known
+        return 200, self.issue(app_id, subject, kind)
+
+    def _handle(self, path: str, body: Dict[str, Any],
+                authorization: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
         with self._lock:
             self.requests.append((path, body))
         app = str(body.get("appId", ""))
         if path in ("/api/platform/token/access_token", "/api/platform/token"):
-            key = (app, str(body.get("clientId", "")))
-            if key not in self.clients:
-                return 401, {"message": "unknown client"}
-            if self.clients[key] != body.get("clientSecret"):
-                return 401, {"message": "invalid client credentials"}
-            return 200, self.issue(app, key[1], "client")
-        if path in ("/api/platform/token/refresh_token", "/api/platform/token/refresh", "/api/auth/refresh"):
-            with self._lock:
-                known = self._refresh.pop(str(body.get("refreshToken", "")), None)
-            if known is None:
-                return 401, {"message": "invalid refresh token"}
-            kind, app_id, subject = known
-            return 200, self.issue(app_id, subject, kind)
+            return self._client_token(body)
+        if path in ("/api/platform/token/refresh_token", "/api/platform/token/refresh"):
+            if not self._bearer_ok(authorization):
+                return 401, {"message": "Unauthorized", "statusCode": 401}
+            if not body.get("refreshToken") and body.get("clientSecret"):
+                return self._client_token(body)
+            return self._use_refresh_token(body)
+        if path == "/api/auth/refresh":
+            if not body.get("clientId"):
+                return 500, {"message": "Internal server error", "error": "clientId is required"}
+            return self._use_refresh_token(body)
         if path == "/api/auth/login":
             key = (app, str(body.get("username", "")))
             if self.users.get(key) is None or self.users[key] != body.get("password"):
@@ -162,7 +194,7 @@ def _make_handler(server: TokenServer) -> type:
             except ValueError:
                 self._answer(400, {"message": "body must be a JSON object"})
                 return
-            status, answer = server._handle(self.path.split("?")[0], body)
+            status, answer = server._handle(self.path.split("?")[0], body, self.headers.get("Authorization"))
             self._answer(status, answer)
 
         def _answer(self, status: int, answer: Dict[str, Any]) -> None:

@@ -93,7 +93,7 @@ def test_quickstart_notebook_runs(kernel):
     assert any(line.startswith("broker: ws://127.0.0.1:") and line.endswith("/mqtt") for line in lines), out
     assert any(line.startswith("tokens: http://127.0.0.1:") for line in lines), out
     assert "connected: True" in lines
-    assert "token for: my-service - expires in 5 min" in lines
+    assert "token for: my-service - expires in 720 min" in lines   # 12 h, as the platform
     assert "subscribed to app/myapp/dialogue/messages/+" in lines
     # the frontend's three events reached the callback, in order; the service's own did not (noLocal)
     said = [line for line in lines if line.startswith("[s1] ")]

@@ -20,7 +20,7 @@ import pytest
 
 import sermas_bus.client as mqtt
 from sermas_bus import localbus
-from sermas_bus.auth import ClientCredentials, UserLogin, post_json
+from sermas_bus.auth import AuthRejected, AuthServerError, ClientCredentials, UserLogin, post_json
 from sermas_bus.errors import NotAuthorizedError, PublishError
 from sermas_bus.testing import LocalBus
 from sermas_bus.tokens import make_jwt, verify_jwt
@@ -424,29 +424,56 @@ def test_token_expiring_while_connected_loses_access(bus, probes):
 
 # -------------------------------------------------------------------- tokens
 def test_refresh_flow(bus, probes):
-    """A token from the REST endpoint expires, is refreshed through the
-    refresh endpoint, and a reconnect with the new one restores access."""
+    """A token is refreshed through the refresh endpoint before it expires
+    (the endpoint needs a valid Bearer, as on the platform); once the old one
+    has expired, a reconnect with the new one restores access."""
     answer = bus.issue("myapp", "svc", ttl=3)
     p = probes(answer["access_token"]).connect(bus.tcp_url)
     assert p.subscribe("app/myapp/refresh/#") == 1
+    refresh = {"refreshToken": answer["refresh_token"], "appId": "myapp", "clientId": "svc",
+               "clientSecret": "svc-secret"}
+    with pytest.raises(AuthRejected, match="HTTP 401"):            # not public
+        post_json(bus.api_url + "/api/platform/token/refresh_token", refresh)
+    fresh = post_json(bus.api_url + "/api/platform/token/refresh_token", refresh, bearer=answer["access_token"])
+    assert fresh["access_token"] != answer["access_token"]
+    assert verify_jwt(fresh["access_token"], bus.secret)["appId"] == "myapp"
     sleep_past(answer["access_token"], bus.secret)
     with pytest.raises(PublishError):
         p.publish("app/myapp/refresh/a", b"expired")
-
-    fresh = post_json(bus.api_url + "/api/platform/token/refresh_token",
-                      {"refreshToken": answer["refresh_token"], "appId": "myapp", "clientId": "svc",
-                       "clientSecret": "svc-secret"}, bearer=answer["access_token"])
-    assert fresh["access_token"] != answer["access_token"]
-    assert verify_jwt(fresh["access_token"], bus.secret)["appId"] == "myapp"
+    with pytest.raises(AuthRejected, match="HTTP 401"):            # an expired bearer is refused
+        post_json(bus.api_url + "/api/platform/token/refresh_token", refresh, bearer=answer["access_token"])
     p.client.reauthenticate(fresh["access_token"], "sermas")
     assert p.client.is_connected()
     assert p.subscribe("app/myapp/refresh/#") == 1
     p.publish("app/myapp/refresh/b", b"fresh")
     assert p.messages.get(timeout=WAIT).payload == b"fresh"
-    # a refresh token works once
-    with pytest.raises(Exception, match="HTTP 401"):
-        post_json(bus.api_url + "/api/platform/token/refresh_token",
-                  {"refreshToken": answer["refresh_token"]})
+    # a refresh token works once; the platform passes Keycloak's refusal on as a 500
+    with pytest.raises(AuthServerError, match="HTTP 500"):
+        post_json(bus.api_url + "/api/platform/token/refresh_token", refresh, bearer=fresh["access_token"])
+    # without a refresh token but with the secret: a fresh client-credentials token
+    again = post_json(bus.api_url + "/api/platform/token/refresh_token",
+                      {"appId": "myapp", "clientId": "svc", "clientSecret": "svc-secret"},
+                      bearer=fresh["access_token"])
+    assert verify_jwt(again["access_token"], bus.secret)["clientId"] == "svc"
+
+
+def test_user_refresh_needs_the_client_id(bus):
+    """/api/auth/refresh is public and needs clientId (default <appId>-application)."""
+    login = post_json(bus.api_url + "/api/auth/login",
+                      {"appId": "myapp", "username": "alice", "password": "alice-pw"})
+    with pytest.raises(AuthServerError, match="HTTP 500"):
+        post_json(bus.api_url + "/api/auth/refresh", {"refreshToken": login["refresh_token"]})
+    user = UserLogin(bus.api_url, "myapp", "alice", "alice-pw")
+    assert user.client_id == "myapp-application"
+    token = user.fetch()
+    fresh = post_json(bus.api_url + "/api/auth/refresh",
+                      {"refreshToken": token.refresh_token, "clientId": user.client_id})
+    assert verify_jwt(fresh["access_token"], bus.secret)["sub"] == "alice"
+    token = user.fetch()
+    refreshed = user.refresh(token)       # through /api/auth/refresh, not a new login
+    path, body = bus._state.tokens.requests[-1]
+    assert path == "/api/auth/refresh" and body["clientId"] == "myapp-application"
+    assert refreshed.access_token != token.access_token
 
 
 def test_client_credentials_and_user_login(bus, probes):
@@ -542,3 +569,16 @@ def test_fixture_in_a_pytest_run(pytester):
     args = [] if _entry_point_installed() else ["-p", "sermas_bus.pytest_plugin"]
     result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_client_refresh_falls_back_to_the_credentials_after_a_500(bus):
+    """Regression: the platform answers a refused refresh token with HTTP 500;
+    only 4xx fell back to a fresh fetch, so a stale refresh token broke the
+    client's token refresh."""
+    creds = ClientCredentials(bus.api_url, "myapp", "svc", "svc-secret")
+    token = creds.fetch()
+    creds.refresh(token)                        # uses (and so spends) its refresh token
+    again = creds.refresh(token)                # the spent one: HTTP 500, then a fresh fetch
+    assert verify_jwt(again.access_token, bus.secret)["clientId"] == "svc"
+    paths = [path for path, _body in bus._state.tokens.requests[-2:]]
+    assert paths == ["/api/platform/token/refresh_token", "/api/platform/token/access_token"]
