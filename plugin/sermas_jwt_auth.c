@@ -25,18 +25,23 @@
  * matter: this plugin never defers.
  *
  * Authorisation (MOSQ_EVT_ACL_CHECK), for read, write, subscribe and
- * unsubscribe alike:
+ * unsubscribe alike, the platform's rule (sermas-api's /api/mqtt/acl):
  *   - the client's token must still be unexpired: exp is checked on every
  *     ACL check, so a long-lived connection whose token expires loses all
  *     topic access (it stays connected; reconnect with a fresh token);
- *   - allowed: app/<appId>/<resource>[/...] and user/<appId>/<resource>[/...]
- *     where <appId> is the token's appId, exactly: a wildcard at that level
- *     is refused, and <resource> must not be empty (it may be a wildcard);
- *   - subscriptions may be shared: $share/<group>/<filter> is judged by <filter>;
+ *   - a token with "superuser": true may use every topic (system/... too);
+ *   - otherwise the topic must be app/<appId>/<resource>/<scope>[/...] or
+ *     user/<appId>/<resource>/<scope>[/...] with <appId> the token's appId,
+ *     and <resource> and <scope> named (non-empty, no wildcard): the
+ *     platform grants <resource>:<scope> permissions, so app/myapp/# and
+ *     app/myapp/+/messages are refused;
+ *   - a token with a "permissions" claim (an array of "<resource>:<scope>")
+ *     needs <resource>:<scope> in it; without the claim it has every
+ *     permission of its app;
+ *   - shared subscriptions ($share/<group>/<filter>) are refused, as the
+ *     platform's check sees the prefix, unless plugin_opt_shared_subscriptions
+ *     is true (a broker set up for them): then <filter> is judged;
  *   - everything else ($SYS, system/..., other apps) is refused.
- * This mirrors the platform's checks (topics start with app/ or user/, the
- * second level is the appId) without its per-resource Keycloak policies:
- * here a token may use its whole app subtree.
  *
  * Per connection the plugin remembers the verified token's appId and exp,
  * keyed by the client pointer and checked against the client's current
@@ -100,7 +105,18 @@ enum {
 typedef struct {
     char *app_id;                   /* malloc'd */
     double exp;                     /* seconds since the epoch */
+    char *perms;                    /* ",res:scope,res2:scope2," (malloc'd), NULL: every permission */
+    int superuser;
 } sb_claims;
+
+static void
+sb_claims_free(sb_claims *c)
+{
+    free(c->app_id);
+    free(c->perms);
+    c->app_id = NULL;
+    c->perms = NULL;
+}
 
 /* One authenticated connection. */
 typedef struct sb_conn {
@@ -118,6 +134,7 @@ typedef struct {
     sb_conn **buckets;              /* chained hash table keyed by client pointer */
     size_t nbuckets;                /* a power of two */
     size_t count;
+    int shared_subscriptions;       /* plugin_opt_shared_subscriptions true */
 } sb_plugin;
 
 /* Why a token was refused. */
@@ -135,6 +152,7 @@ typedef enum {
     SB_NO_EXP,
     SB_EXPIRED,
     SB_NOT_YET_VALID,
+    SB_BAD_PERMISSIONS,
 } sb_verdict;
 
 static const char *
@@ -150,6 +168,7 @@ sb_verdict_text(sb_verdict v)
     case SB_BAD_ALG: return "JWT alg is not HS256 (or the header has 'crit')";
     case SB_BAD_SIGNATURE: return "JWT signature does not verify with this broker's secret";
     case SB_BAD_CLAIMS: return "JWT claims are not a base64url-encoded JSON object";
+    case SB_BAD_PERMISSIONS: return "JWT permissions claim is not an array of \"<resource>:<scope>\" strings";
     case SB_BAD_APP_ID: return "JWT has no usable appId claim (a non-empty string without / + #)";
     case SB_NO_EXP: return "JWT has no numeric exp claim";
     case SB_EXPIRED: return "JWT has expired";
@@ -255,6 +274,42 @@ sb_parse_segment(const char *s, size_t len, int *nomem)
 
 /* ------------------------------------------------------------- verification */
 
+/* "permissions": absent -> NULL (every permission of the app); an array of
+ * "<resource>:<scope>" strings -> ",a:b,c:d,"; anything else is refused. */
+static sb_verdict
+sb_parse_permissions(const cJSON *item, char **out)
+{
+    const cJSON *p;
+    size_t len = 2;
+    char *w;
+
+    *out = NULL;
+    if (item == NULL)
+        return SB_OK;
+    if (!cJSON_IsArray(item))
+        return SB_BAD_PERMISSIONS;
+    cJSON_ArrayForEach(p, item) {
+        const char *s = cJSON_IsString(p) ? p->valuestring : NULL;
+        const char *colon = s != NULL ? strchr(s, ':') : NULL;
+        if (colon == NULL || colon == s || colon[1] == '\0' || strpbrk(s, ",/+#") != NULL ||
+            strlen(s) > SB_APP_ID_MAX)
+            return SB_BAD_PERMISSIONS;
+        len += strlen(s) + 1;
+    }
+    if ((*out = malloc(len)) == NULL)
+        return SB_NOMEM;
+    w = *out;
+    *w++ = ',';
+    cJSON_ArrayForEach(p, item) {
+        size_t n = strlen(p->valuestring);
+        memcpy(w, p->valuestring, n);
+        w += n;
+        *w++ = ',';
+    }
+    *w = '\0';
+    return SB_OK;
+}
+
 static int
 sb_app_id_ok(const char *app)
 {
@@ -280,6 +335,8 @@ sb_token_verify(const sb_plugin *pl, const char *token, double now, sb_claims *o
 
     out->app_id = NULL;
     out->exp = 0.0;
+    out->perms = NULL;
+    out->superuser = 0;
     if (token == NULL || token[0] == '\0')
         return SB_NO_USERNAME;
     len = strnlen(token, SB_TOKEN_MAX + 1);
@@ -354,9 +411,17 @@ sb_token_verify(const sb_plugin *pl, const char *token, double now, sb_claims *o
         goto done;
     }
     out->app_id = strdup(item->valuestring);
-    v = out->app_id != NULL ? SB_OK : SB_NOMEM;
+    if (out->app_id == NULL) {
+        v = SB_NOMEM;
+        goto done;
+    }
+    item = cJSON_GetObjectItemCaseSensitive(claims, "superuser");
+    out->superuser = cJSON_IsTrue(item);
+    v = sb_parse_permissions(cJSON_GetObjectItemCaseSensitive(claims, "permissions"), &out->perms);
 
 done:
+    if (v != SB_OK)
+        sb_claims_free(out);
     cJSON_Delete(header);           /* NULL-safe */
     cJSON_Delete(claims);
     OPENSSL_cleanse(mac, sizeof(mac));
@@ -389,7 +454,7 @@ static void
 sb_conn_free(sb_conn *c)
 {
     free(c->username);
-    free(c->claims.app_id);
+    sb_claims_free(&c->claims);
     free(c);
 }
 
@@ -434,7 +499,7 @@ sb_conns_grow(sb_plugin *pl)
     free(old);
 }
 
-/* Remember client's verified token; takes ownership of claims->app_id.
+/* Remember client's verified token; takes ownership of the claims' strings.
  * Returns 0, or -1 when out of memory (claims freed, nothing remembered). */
 static int
 sb_conn_put(sb_plugin *pl, const struct mosquitto *client, const char *username, sb_claims *claims)
@@ -444,13 +509,13 @@ sb_conn_put(sb_plugin *pl, const struct mosquitto *client, const char *username,
 
     if (c == NULL || (c->username = strdup(username)) == NULL) {
         free(c);
-        free(claims->app_id);
-        claims->app_id = NULL;
+        sb_claims_free(claims);
         return -1;
     }
     c->client = client;
     c->claims = *claims;
     claims->app_id = NULL;
+    claims->perms = NULL;
     sb_conn_remove(pl, client);     /* a re-used client pointer */
     if (pl->count >= pl->nbuckets)
         sb_conns_grow(pl);
@@ -525,17 +590,45 @@ sb_access_name(int access)
     }
 }
 
-/* May a token of app use topic (a topic name, or a filter for (un)subscribe)? */
+/* Is the level starting at p (up to '/' or the end) named: non-empty and
+ * not a wildcard?  Its length in *len. */
 static int
-sb_topic_allowed(const char *topic, int access, const char *app)
+sb_named_level(const char *p, size_t *len)
 {
-    const char *p = topic;
-    size_t app_len = strlen(app);
+    *len = strcspn(p, "/");
+    return *len > 0 && !(*len == 1 && (p[0] == '+' || p[0] == '#'));
+}
 
+/* Does the token grant "<resource>:<scope>" (res and scope of the given lengths)? */
+static int
+sb_has_permission(const sb_claims *claims, const char *res, size_t res_len, const char *scope,
+                  size_t scope_len)
+{
+    const char *p;
+    if (claims->perms == NULL)
+        return 1;                   /* no claim: every permission of the app */
+    for (p = claims->perms; (p = strchr(p, ',')) != NULL && p[1] != '\0'; p++) {
+        if (strncmp(p + 1, res, res_len) == 0 && p[1 + res_len] == ':' &&
+            strncmp(p + 2 + res_len, scope, scope_len) == 0 && p[2 + res_len + scope_len] == ',')
+            return 1;
+    }
+    return 0;
+}
+
+/* May a token use topic (a topic name, or a filter for (un)subscribe)?
+ * shared: whether $share/<group>/ filters are accepted at all. */
+static int
+sb_topic_allowed(const char *topic, int access, const sb_claims *claims, int shared)
+{
+    const char *p = topic, *res, *scope;
+    size_t app_len = strlen(claims->app_id), res_len, scope_len;
+
+    if (claims->superuser)
+        return 1;
     if ((access == MOSQ_ACL_SUBSCRIBE || access == MOSQ_ACL_UNSUBSCRIBE) &&
         strncmp(p, "$share/", 7) == 0) {
         const char *slash = strchr(p + 7, '/');
-        if (slash == NULL || slash == p + 7)
+        if (!shared || slash == NULL || slash == p + 7)
             return 0;
         p = slash + 1;
     }
@@ -547,10 +640,15 @@ sb_topic_allowed(const char *topic, int access, const char *app)
         return 0;
     /* the appId level must be the token's appId itself, never a wildcard
      * (appIds cannot contain + or #, see sb_app_id_ok) */
-    if (strncmp(p, app, app_len) != 0 || p[app_len] != '/')
+    if (strncmp(p, claims->app_id, app_len) != 0 || p[app_len] != '/')
         return 0;
-    p += app_len + 1;
-    return *p != '\0' && *p != '/';
+    res = p + app_len + 1;
+    if (!sb_named_level(res, &res_len) || res[res_len] != '/')
+        return 0;
+    scope = res + res_len + 1;
+    if (!sb_named_level(scope, &scope_len))
+        return 0;
+    return sb_has_permission(claims, res, res_len, scope, scope_len);
 }
 
 static int
@@ -560,7 +658,7 @@ sb_on_acl_check(int event, void *event_data, void *userdata)
     sb_plugin *pl = userdata;
     const char *username = mosquitto_client_username(ed->client);
     sb_conn *c;
-    sb_claims fresh = {NULL, 0.0};
+    sb_claims fresh = {NULL, 0.0, NULL, 0};
     const sb_claims *claims;
     double now = sb_now();
     int rc = MOSQ_ERR_ACL_DENIED;
@@ -596,14 +694,14 @@ sb_on_acl_check(int event, void *event_data, void *userdata)
         }
         goto done;
     }
-    if (sb_topic_allowed(ed->topic, ed->access, claims->app_id))
+    if (sb_topic_allowed(ed->topic, ed->access, claims, pl->shared_subscriptions))
         rc = MOSQ_ERR_SUCCESS;
     else
         mosquitto_log_printf(MOSQ_LOG_DEBUG, SB_NAME ": denied %s '%s' to client %s of app %s",
                              sb_access_name(ed->access), ed->topic,
                              sb_or(mosquitto_client_id(ed->client), "?"), claims->app_id);
 done:
-    free(fresh.app_id);
+    sb_claims_free(&fresh);
     return rc;
 }
 
@@ -717,15 +815,20 @@ mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 {
     sb_plugin *pl;
     const char *secret_file = NULL;
-    int i, rc;
+    int i, rc, shared = 0;
 
     for (i = 0; i < option_count; i++) {
         if (strcmp(options[i].key, "secret_file") == 0) {
             secret_file = options[i].value;
         }
+        else if (strcmp(options[i].key, "shared_subscriptions") == 0 &&
+                 (strcmp(options[i].value, "true") == 0 || strcmp(options[i].value, "false") == 0)) {
+            shared = strcmp(options[i].value, "true") == 0;
+        }
         else {
-            mosquitto_log_printf(MOSQ_LOG_ERR, SB_NAME ": unknown option plugin_opt_%s "
-                                 "(known: plugin_opt_secret_file)", options[i].key);
+            mosquitto_log_printf(MOSQ_LOG_ERR, SB_NAME ": unknown option plugin_opt_%s or bad value "
+                                 "(known: plugin_opt_secret_file <path>, plugin_opt_shared_subscriptions "
+                                 "true|false)", options[i].key);
             return MOSQ_ERR_INVAL;
         }
     }
@@ -739,6 +842,7 @@ mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
     if (pl == NULL)
         return MOSQ_ERR_NOMEM;
     pl->id = identifier;
+    pl->shared_subscriptions = shared;
     pl->nbuckets = 64;
     pl->buckets = calloc(pl->nbuckets, sizeof(*pl->buckets));
     if (pl->buckets == NULL) {

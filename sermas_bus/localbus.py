@@ -31,18 +31,19 @@ What the broker enforces (details in ``plugin/sermas_jwt_auth.c``):
   ``exp`` in the future and an ``appId``; otherwise the CONNACK says
   "Not authorized" (``sermas_bus.errors.NotAuthorizedError``), and
   ``log()`` tells why ("JWT has expired", "JWT signature does not verify ...");
-* a client may publish, subscribe and receive on ``app/<appId>/<resource>/...``
-  and ``user/<appId>/<resource>/...`` of its token's appId only (also through
-  ``$share/<group>/``); anything else is refused: SUBACK 0x87, and with
-  MQTT 5 a QoS 1/2 publish gets PUBACK/PUBREC 0x87 ("Not authorized",
-  ``PublishError`` from ``wait_for_publish``); MQTT 3.1.1 and QoS 0 publishes
-  are dropped silently;
+* the platform's ACL rule: a client may publish, subscribe and receive on
+  ``app/<appId>/<resource>/<scope>[/...]`` and ``user/<appId>/<resource>/<scope>[/...]``
+  of its token's appId only, with ``<resource>`` and ``<scope>`` named (the
+  platform grants ``<resource>:<scope>`` permissions: ``app/myapp/#`` is
+  refused); a token with a ``permissions`` claim (``apps=`` below) only for
+  those; a ``superuser`` token everywhere; ``$share/<group>/...`` only with
+  ``LocalBus(shared_subscriptions=True)``.  Anything else is refused: SUBACK
+  0x87, and with MQTT 5 a QoS 1/2 publish gets PUBACK/PUBREC 0x87 ("Not
+  authorized", ``PublishError`` from ``wait_for_publish``); MQTT 3.1.1 and
+  QoS 0 publishes are dropped silently;
 * the token's ``exp`` is checked on every access, so a connection whose token
   expires stays connected but loses all topic access until it reconnects
   with a fresh token (``Client.reauthenticate``).
-
-Unlike the platform, every token may use its whole app subtree (no
-per-resource Keycloak policies).
 
 Standard library only (plus the plugin's shared library); it does not need
 the ``sermas_bus._core`` extension.
@@ -107,15 +108,51 @@ def _normalise_apps(apps: Optional[Mapping[str, Any]]) -> Dict[str, Dict[str, Di
         if unknown:
             raise ValueError("app {!r}: unknown keys {} (expected 'clients' and 'users')".format(
                 app_id, sorted(unknown)))
-        entry: Dict[str, Dict[str, str]] = {}
+        entry: Dict[str, Dict[str, Any]] = {}
         for kind in ("clients", "users"):
             table = {}
-            for name, password in dict(spec.get(kind) or {}).items():
-                table[_check_name("{} name in app {!r}".format(kind[:-1], app_id), name)] = \
-                    _check_name("secret of {} {!r} in app {!r}".format(kind[:-1], name, app_id), password)
+            for name, value in dict(spec.get(kind) or {}).items():
+                who = "{} {!r} in app {!r}".format(kind[:-1], name, app_id)
+                _check_name("{} name in app {!r}".format(kind[:-1], app_id), name)
+                table[name] = _normalise_credential(who, value)
             entry[kind] = table
         out[app_id] = entry
     return out
+
+
+def _normalise_credential(who: str, value: Any) -> Dict[str, Any]:
+    """A secret string (every permission of the app), or
+    ``{"secret": ..., "permissions": ["dialogue:messages", ...], "superuser": bool}``."""
+    if isinstance(value, str):
+        return {"secret": _check_name("secret of " + who, value), "permissions": None, "superuser": False}
+    if not isinstance(value, Mapping):
+        raise TypeError("{}: expected a secret string or a dict with 'secret' and 'permissions'".format(who))
+    unknown = set(value) - {"secret", "permissions", "superuser"}
+    if unknown:
+        raise ValueError("{}: unknown keys {} (expected 'secret', 'permissions', 'superuser')".format(
+            who, sorted(unknown)))
+    perms = value.get("permissions")
+    if perms is not None:
+        if isinstance(perms, str) or not all(isinstance(p, str) for p in perms):
+            raise TypeError("{}: permissions must be a list of '<resource>:<scope>' strings".format(who))
+        for perm in perms:
+            res, _, scope = perm.partition(":")
+            if not res or not scope or any(c in perm for c in ",/+#"):
+                raise ValueError("{}: permission {!r} must be '<resource>:<scope>' (e.g. 'dialogue:messages')"
+                                 .format(who, perm))
+        perms = list(perms)
+    return {"secret": _check_name("secret of " + who, value.get("secret")), "permissions": perms,
+            "superuser": bool(value.get("superuser", False))}
+
+
+def _token_claims(credential: Dict[str, Any]) -> Dict[str, Any]:
+    """The extra claims a credential's tokens carry (the plugin enforces them)."""
+    claims: Dict[str, Any] = {}
+    if credential["permissions"] is not None:
+        claims["permissions"] = credential["permissions"]
+    if credential["superuser"]:
+        claims["superuser"] = True
+    return claims
 
 
 class _State:
@@ -147,7 +184,12 @@ class LocalBus:
     """A local SERMAS bus: mosquitto + JWT plugin + token endpoints (see the module docstring).
 
     ``apps``: ``{appId: {"clients": {clientId: clientSecret}, "users": {username: password}}}``,
-    the credentials the token endpoints accept.  ``token_ttl``: access token
+    the credentials the token endpoints accept.  A secret string means every
+    permission of the app; ``{"secret": ..., "permissions": ["dialogue:messages",
+    "ui:content"]}`` limits the tokens to those ``<resource>:<scope>`` permissions,
+    ``"superuser": True`` allows every topic (``system/...`` too), as the platform.
+    ``shared_subscriptions``: accept ``$share/<group>/...`` filters (the
+    platform refuses them; a broker set up for them would not).  ``token_ttl``: access token
     lifetime in seconds (default 12 h, as the platform's reference deployment).  ``tls``: also listen with TLS (``url("mqtts")``,
     ``url("wss")``, verified with ``ca_file``).  ``secret``: the HS256 key
     (default: 32 random bytes).  ``log_type``, ``binary``: as for ``Mosquitto``.
@@ -163,10 +205,11 @@ class LocalBus:
     def __init__(self, apps: Optional[Mapping[str, Any]] = None, token_ttl: float = 12 * 3600.0,
                  tls: bool = False, *, secret: Optional[bytes] = None, log_type: str = "all",
                  binary: Optional[str] = None, plugin: Optional[str] = None,
-                 ready_timeout: float = 10.0) -> None:
+                 ready_timeout: float = 10.0, shared_subscriptions: bool = False) -> None:
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ValueError("secret must be non-empty bytes")
         self.apps = _normalise_apps(apps)
+        self.shared_subscriptions = bool(shared_subscriptions)
         self.token_ttl = float(token_ttl)
         self.tls = bool(tls)
         self.secret: bytes = secret if secret is not None else secrets.token_bytes(32)
@@ -258,11 +301,14 @@ class LocalBus:
             self._prepare()
             clients: Dict[Tuple[str, str], str] = {}
             users: Dict[Tuple[str, str], str] = {}
+            claims: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
             for app_id, spec in self.apps.items():
-                clients.update({(app_id, name): pw for name, pw in spec["clients"].items()})
-                users.update({(app_id, name): pw for name, pw in spec["users"].items()})
+                for kind, table, out in (("client", spec["clients"], clients), ("user", spec["users"], users)):
+                    for name, cred in table.items():
+                        out[(app_id, name)] = cred["secret"]
+                        claims[(kind, app_id, name)] = _token_claims(cred)
             self._state.tokens = TokenServer(secret=self.secret, ttl=self.token_ttl,
-                                             clients=clients, users=users).start()
+                                             clients=clients, users=users, claims=claims).start()
             self.broker.start()
         except BaseException:
             self.close()
@@ -296,4 +342,5 @@ class LocalBus:
         if any(c.isspace() for c in plugin):
             plugin = os.path.join(tmpdir, PLUGIN_FILE)
             shutil.copyfile(self.plugin, plugin)
-        self.broker.listener_security = "plugin {}\nplugin_opt_secret_file {}".format(plugin, self.secret_file)
+        self.broker.listener_security = "plugin {}\nplugin_opt_secret_file {}\nplugin_opt_shared_subscriptions {}".format(
+            plugin, self.secret_file, "true" if self.shared_subscriptions else "false")

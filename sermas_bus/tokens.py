@@ -71,11 +71,14 @@ class TokenServer:
 
     def __init__(self, secret: Optional[bytes] = None, ttl: float = 12 * 3600.0,
                  clients: Optional[Dict[Tuple[str, str], str]] = None,
-                 users: Optional[Dict[Tuple[str, str], str]] = None, host: str = "127.0.0.1"):
+                 users: Optional[Dict[Tuple[str, str], str]] = None, host: str = "127.0.0.1",
+                 claims: Optional[Dict[Tuple[str, str, str], Dict[str, Any]]] = None):
         self.secret = secret or secrets.token_bytes(32)
         self.ttl = float(ttl)
         self.clients = dict(clients or {})
         self.users = dict(users or {})
+        # (kind, appId, subject) -> extra claims of its tokens (permissions, superuser)
+        self.claims = dict(claims or {})
         self.issued: List[Tuple[str, Dict[str, Any]]] = []
         self.requests: List[Tuple[str, Dict[str, Any]]] = []
         self._refresh: Dict[str, Tuple[str, str, str]] = {}   # refresh token -> (kind, appId, subject)
@@ -119,6 +122,7 @@ class TokenServer:
             self._serial += 1
             serial = self._serial
         life = self.ttl if ttl is None else float(ttl)
+        extra = {**self.claims.get((kind, app_id, subject), {}), **extra}
         claims = {"sub": subject, "appId": app_id, "iat": int(now), "exp": round(now + life, 3),
                   "jti": serial, "kind": kind}
         claims.update(extra)

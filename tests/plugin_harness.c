@@ -109,24 +109,34 @@ cmd_verify(char *args)
     pl.secret_len = n;
     v = sb_token_verify(&pl, strcmp(token, "-") == 0 ? NULL : token, strtod(now_s, NULL), &claims);
     if (v == SB_OK)
-        printf("OK %s %.3f\n", claims.app_id, claims.exp);
+        printf("OK %s %.3f %s %d\n", claims.app_id, claims.exp, claims.perms ? claims.perms : "-",
+               claims.superuser);
     else
         printf("ERR %d %s\n", (int)v, sb_verdict_text(v));
-    free(claims.app_id);
+    sb_claims_free(&claims);
     free(pl.secret);
 }
 
+/* T <access> <app> <perms|-> <superuser 0|1> <shared 0|1> <topic> */
 static void
 cmd_topic(char *args)
 {
     char *access = strtok(args, " ");
     char *app = strtok(NULL, " ");
+    char *perms = strtok(NULL, " ");
+    char *super = strtok(NULL, " ");
+    char *shared = strtok(NULL, " ");
     char *topic = strtok(NULL, "");
-    if (access == NULL || app == NULL || topic == NULL) {
+    sb_claims claims;
+    if (access == NULL || app == NULL || perms == NULL || super == NULL || shared == NULL || topic == NULL) {
         printf("BAD COMMAND\n");
         return;
     }
-    printf("%d\n", sb_topic_allowed(topic, atoi(access), app));
+    claims.app_id = app;
+    claims.exp = 0;
+    claims.perms = strcmp(perms, "-") == 0 ? NULL : perms;
+    claims.superuser = atoi(super);
+    printf("%d\n", sb_topic_allowed(topic, atoi(access), &claims, atoi(shared)));
 }
 
 static char *

@@ -93,7 +93,16 @@ CASES = [
     (make_jwt(claims(exp=NOW + 0.25), SECRET), "OK myapp 1800000000.250"),
     (make_jwt(claims(appId="app-\u00e9", exp=NOW + 1), SECRET), "OK app-\u00e9 "),
     (jws({"alg": "HS256"}, claims(nbf=NOW - 1)), "OK myapp"),
-    (jws(b'{"alg" : "HS256"}  ', b' {"appId":"a","exp":1e10} '), "OK a 10000000000.000"),
+    (jws(b'{"alg" : "HS256"}  ', b' {"appId":"a","exp":1e10} '), "OK a 10000000000.000 - 0"),
+    (make_jwt(claims(permissions=["dialogue:messages", "ui:content"]), SECRET),
+     "OK myapp 1800000060.000 ,dialogue:messages,ui:content, 0"),
+    (make_jwt(claims(permissions=[]), SECRET), "OK myapp 1800000060.000 , 0"),   # no permission at all
+    (make_jwt(claims(superuser=True), SECRET), "OK myapp 1800000060.000 - 1"),
+    (make_jwt(claims(permissions="dialogue:messages"), SECRET), "ERR 13 "),      # not an array
+    (make_jwt(claims(permissions=["dialogue"]), SECRET), "ERR 13 "),            # no scope
+    (make_jwt(claims(permissions=["a:b,c:d"]), SECRET), "ERR 13 "),
+    (make_jwt(claims(permissions=["a:+"]), SECRET), "ERR 13 "),
+    (make_jwt(claims(permissions=[1]), SECRET), "ERR 13 "),
     ("-", "ERR 2 "),                                                   # no username
     ("", "BAD COMMAND"),
     ("x" * 20000, "ERR 3 "),                                           # too long
@@ -213,42 +222,69 @@ def test_random_signed_claims(harness):
         assert got.startswith("OK") == ok, (token, got)
 
 
+# (access, app, permissions or "-", superuser, shared subscriptions allowed, topic, allowed)
+TOPIC_RULES = [
+    (WRITE, "myapp", "-", 0, 0, "app/myapp/dialogue/messages/s1", 1),
+    (READ, "myapp", "-", 0, 0, "app/myapp/x/y", 1),
+    (READ, "myapp", "-", 0, 0, "user/myapp/x/y", 1),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "app/myapp/dialogue/messages/+", 1),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "app/myapp/dialogue/messages/#", 1),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "app/myapp/dialogue/messages", 1),
+    (UNSUBSCRIBE, "myapp", "-", 0, 0, "app/myapp/x/y", 1),
+    # the platform grants <resource>:<scope>: both levels must be named
+    (SUBSCRIBE, "myapp", "-", 0, 0, "app/myapp/#", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "app/myapp/+", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "app/myapp/+/messages", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "app/myapp/dialogue/+", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "app/myapp/dialogue/#", 0),
+    (WRITE, "myapp", "-", 0, 0, "app/myapp/x", 0),
+    (WRITE, "myapp", "-", 0, 0, "app/myapp/x/", 0),
+    (WRITE, "myapp", "-", 0, 0, "app/myapp//x", 0),
+    # permissions
+    (WRITE, "myapp", ",dialogue:messages,ui:content,", 0, 0, "app/myapp/dialogue/messages/s1", 1),
+    (SUBSCRIBE, "myapp", ",dialogue:messages,ui:content,", 0, 0, "app/myapp/ui/content/+", 1),
+    (WRITE, "myapp", ",dialogue:messages,ui:content,", 0, 0, "app/myapp/ui/contents/x", 0),
+    (WRITE, "myapp", ",dialogue:messages,ui:content,", 0, 0, "app/myapp/ui/conten/x", 0),
+    (WRITE, "myapp", ",dialogue:messages,ui:content,", 0, 0, "app/myapp/dialogue/tool/x", 0),
+    (WRITE, "myapp", ",dialogue:messages,ui:content,", 0, 0, "app/myapp/dialog/messages/x", 0),
+    (WRITE, "myapp", ",", 0, 0, "app/myapp/dialogue/messages/s1", 0),
+    # shared subscriptions: refused as on the platform, unless the broker allows them
+    (SUBSCRIBE, "myapp", "-", 0, 0, "$share/g/app/myapp/x/y", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 1, "$share/g/app/myapp/x/y", 1),
+    (UNSUBSCRIBE, "myapp", "-", 0, 1, "$share/g/app/myapp/x/y", 1),
+    (SUBSCRIBE, "myapp", "-", 0, 1, "$share/g/app/myapp/#", 0),
+    (WRITE, "myapp", "-", 0, 1, "$share/g/app/myapp/x/y", 0),     # $share only means something to (un)subscribe
+    (SUBSCRIBE, "myapp", "-", 0, 1, "$share//app/myapp/x/y", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 1, "$share/g", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 1, "$share/g/app/other/x/y", 0),
+    # superuser: everything
+    (WRITE, "myapp", "-", 1, 0, "system/x", 1),
+    (SUBSCRIBE, "myapp", ",", 1, 0, "app/other/#", 1),
+    # never
+    (SUBSCRIBE, "myapp", "-", 0, 0, "app/+/x/y", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "app/#", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "#", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "+/myapp/x/y", 0),
+    (SUBSCRIBE, "myapp", "-", 0, 0, "$SYS/#", 0),
+    (READ, "myapp", "-", 0, 0, "$SYS/broker/uptime", 0),
+    (WRITE, "myapp", "-", 0, 0, "system/x", 0),
+    (WRITE, "myapp", "-", 0, 0, "app/other/x/y", 0),
+    (WRITE, "myapp", "-", 0, 0, "app/myapp", 0),
+    (WRITE, "myapp", "-", 0, 0, "app/myapp/", 0),
+    (WRITE, "myapp", "-", 0, 0, "app/myappX/x/y", 0),
+    (WRITE, "myapp", "-", 0, 0, "app/myap/x/y", 0),
+    (WRITE, "myapp", "-", 0, 0, "App/myapp/x/y", 0),
+    (WRITE, "myapp", "-", 0, 0, "app", 0),
+    (WRITE, "myapp", "-", 0, 0, "/app/myapp/x/y", 0),
+    (WRITE, "a", "-", 0, 0, "app/a/b/c", 1),
+]
+
+
 def test_topic_rules(harness):
-    table = [
-        (WRITE, "myapp", "app/myapp/dialogue/messages/s1", 1),
-        (READ, "myapp", "app/myapp/x", 1),
-        (READ, "myapp", "user/myapp/x/y", 1),
-        (SUBSCRIBE, "myapp", "app/myapp/#", 1),
-        (SUBSCRIBE, "myapp", "app/myapp/+", 1),
-        (SUBSCRIBE, "myapp", "app/myapp/+/y/#", 1),
-        (SUBSCRIBE, "myapp", "$share/g/app/myapp/x", 1),
-        (UNSUBSCRIBE, "myapp", "$share/g/app/myapp/x", 1),
-        (UNSUBSCRIBE, "myapp", "app/myapp/x", 1),
-        (WRITE, "myapp", "$share/g/app/myapp/x", 0),     # $share only means something to (un)subscribe
-        (SUBSCRIBE, "myapp", "$share//app/myapp/x", 0),
-        (SUBSCRIBE, "myapp", "$share/g", 0),
-        (SUBSCRIBE, "myapp", "$share/g/app/other/x", 0),
-        (SUBSCRIBE, "myapp", "app/+/x", 0),
-        (SUBSCRIBE, "myapp", "app/#", 0),
-        (SUBSCRIBE, "myapp", "#", 0),
-        (SUBSCRIBE, "myapp", "+/myapp/x", 0),
-        (SUBSCRIBE, "myapp", "$SYS/#", 0),
-        (READ, "myapp", "$SYS/broker/uptime", 0),
-        (WRITE, "myapp", "system/x", 0),
-        (WRITE, "myapp", "app/other/x", 0),
-        (WRITE, "myapp", "app/myapp", 0),
-        (WRITE, "myapp", "app/myapp/", 0),
-        (WRITE, "myapp", "app/myapp//x", 0),
-        (WRITE, "myapp", "app/myappX/x", 0),
-        (WRITE, "myapp", "app/myap/x", 0),
-        (WRITE, "myapp", "App/myapp/x", 0),
-        (WRITE, "myapp", "app", 0),
-        (WRITE, "myapp", "/app/myapp/x", 0),
-        (WRITE, "a", "app/a/b", 1),
-    ]
-    answers = run(harness, ["T {} {} {}".format(acc, app, topic) for acc, app, topic, _ in table])
-    assert [int(a) for a in answers] == [ok for *_, ok in table], \
-        [row for row, a in zip(table, answers) if int(a) != row[-1]]
+    """The platform's ACL rule (see the plugin's header comment)."""
+    answers = run(harness, ["T {} {} {} {} {} {}".format(*row[:-1]) for row in TOPIC_RULES])
+    assert [int(a) for a in answers] == [row[-1] for row in TOPIC_RULES], \
+        [row for row, a in zip(TOPIC_RULES, answers) if int(a) != row[-1]]
 
 
 def test_lifecycle_many_clients(harness, tmp_path):

@@ -339,17 +339,22 @@ def test_publish_subscribe_on_own_app(bus, probes):
 def test_messages_between_clients_of_the_same_app_over_ws_and_tcp(bus, probes):
     sub = probes(bus.issue_token("myapp", "svc"), transport="websockets").connect(bus.mqtt_url)
     pub = probes(bus.issue_token("myapp", "other-client")).connect(bus.tcp_url)
-    assert sub.subscribe("app/myapp/ui/#") == 1
+    assert sub.subscribe("app/myapp/ui/status/#") == 1
     pub.publish("app/myapp/ui/status", b"ok")
     assert sub.messages.get(timeout=WAIT).payload == b"ok"
 
 
 @pytest.mark.parametrize("topic,allowed", [
-    ("app/myapp/x", True),
-    ("app/myapp/#", True),
-    ("app/myapp/+/y", True),
+    ("app/myapp/x/y", True),
+    ("app/myapp/dialogue/messages/#", True),
+    ("app/myapp/dialogue/messages", True),
     ("user/myapp/session/1", True),
-    ("$share/workers/app/myapp/tasks/+", True),
+    # the platform's rule: <resource>/<scope> named, no shared subscriptions
+    ("app/myapp/x", False),
+    ("app/myapp/#", False),
+    ("app/myapp/+/y", False),
+    ("app/myapp/dialogue/+", False),
+    ("$share/workers/app/myapp/tasks/x/+", False),
     ("app/other/x", False),
     ("app/+/x", False),
     ("app/#", False),
@@ -369,25 +374,66 @@ def test_subscribe_acl(bus, probes, topic, allowed):
     assert p.subscribe(topic) == (1 if allowed else 0x87)
 
 
+@pytest.mark.parametrize("topic,allowed", [
+    ("app/myapp/dialogue/messages/s1", True),
+    ("app/myapp/dialogue/messages/+", True),
+    ("app/myapp/ui/content/#", True),
+    ("app/myapp/ui/status/+", False),
+    ("app/myapp/dialogue/tool/+", False),
+])
+def test_permissions_limit_a_token_to_its_resource_scopes(bus, probes, topic, allowed):
+    """A token with permissions (as Keycloak client scopes) may use only
+    app/<appId>/<resource>/<scope>/... for the <resource>:<scope> it holds."""
+    token = bus.issue_token("myapp", "limited", permissions=["dialogue:messages", "ui:content"])
+    p = probes(token).connect(bus.tcp_url)
+    assert p.subscribe(topic) == (1 if allowed else 0x87)
+
+
+def test_superuser_token_reaches_system_topics(bus, probes):
+    p = probes(bus.issue_token("myapp", "platform", superuser=True)).connect(bus.tcp_url)
+    assert p.subscribe("system/#") == 1
+    assert p.subscribe("app/other/#") == 1
+
+
+def test_shared_subscriptions_only_where_the_broker_allows_them(probes):
+    token_app = {"myapp": {"clients": {"svc": "s"}}}
+    for allowed in (False, True):
+        with localbus.LocalBus(apps=token_app, shared_subscriptions=allowed) as shared_bus:
+            p = probes(shared_bus.issue_token("myapp", "svc")).connect(shared_bus.tcp_url)
+            assert p.subscribe("$share/workers/app/myapp/tasks/x/+") == (1 if allowed else 0x87)
+            assert p.subscribe("$share/workers/app/myapp/#") == 0x87   # the filter's own rule still holds
+
+
+def test_client_permissions_from_the_apps_config_reach_its_tokens():
+    apps = {"myapp": {"clients": {"svc": {"secret": "s3", "permissions": ["dialogue:messages"]}}}}
+    with localbus.LocalBus(apps=apps) as b:
+        token = ClientCredentials(b.api_url, "myapp", "svc", "s3").fetch()
+        assert token.claims["permissions"] == ["dialogue:messages"]
+        refreshed = ClientCredentials(b.api_url, "myapp", "svc", "s3").refresh(token)
+        assert refreshed.claims["permissions"] == ["dialogue:messages"]
+    with pytest.raises(ValueError, match="'<resource>:<scope>'"):
+        localbus.LocalBus(apps={"myapp": {"clients": {"svc": {"secret": "s", "permissions": ["ui"]}}}})
+
+
 def test_other_apps_topic_refused(bus, probes):
     me = probes(bus.issue_token("myapp")).connect(bus.tcp_url)
     them = probes(bus.issue_token("other", "svc2")).connect(bus.tcp_url)
-    assert them.subscribe("app/other/secret/#") == 1
+    assert them.subscribe("app/other/secret/data/#") == 1
     # MQTT 5: SUBACK 0x87, and a QoS 1 publish is answered with PUBACK 0x87
-    assert me.subscribe("app/other/secret/#") == 0x87
+    assert me.subscribe("app/other/secret/data/#") == 0x87
     with pytest.raises(PublishError, match=r"Not authorized \(reason code 0x87\)"):
-        me.publish("app/other/secret/x", b"intrusion", qos=1)
+        me.publish("app/other/secret/data/x", b"intrusion", qos=1)
     # QoS 0 cannot be answered: mosquitto drops it
-    me.publish("app/other/secret/y", b"intrusion", qos=0)
+    me.publish("app/other/secret/data/y", b"intrusion", qos=0)
     # MQTT 3.1.1: SUBACK 0x80, and the PUBACK cannot carry a reason: the
     # publish "succeeds" and mosquitto 2.0.11 drops the message
     old = probes(bus.issue_token("myapp"), protocol=mqtt.MQTTv311).connect(bus.tcp_url)
-    assert old.subscribe("app/other/secret/#") == 0x80
-    old.publish("app/other/secret/z", b"intrusion", qos=1)
-    them.publish("app/other/secret/mine", b"own")
+    assert old.subscribe("app/other/secret/data/#") == 0x80
+    old.publish("app/other/secret/data/z", b"intrusion", qos=1)
+    them.publish("app/other/secret/data/mine", b"own")
     assert them.messages.get(timeout=WAIT).payload == b"own"   # nothing before it
     assert them.messages.empty()
-    log = wait_for_log(bus, "denied write 'app/other/secret/z'")
+    log = wait_for_log(bus, "denied write 'app/other/secret/data/z'")
     assert "Denied PUBLISH from {}".format(old.client_id) in log
 
 
@@ -401,21 +447,21 @@ def sleep_past(token, secret):
 def test_token_expiring_while_connected_loses_access(bus, probes):
     token = bus.issue_token("myapp", ttl=3)
     expiring = probes(token).connect(bus.tcp_url)
-    assert expiring.subscribe("app/myapp/expiry/#") == 1
-    expiring.publish("app/myapp/expiry/a", b"before")
+    assert expiring.subscribe("app/myapp/expiry/data/#") == 1
+    expiring.publish("app/myapp/expiry/data/a", b"before")
     assert expiring.messages.get(timeout=WAIT).payload == b"before"
     other = probes(bus.issue_token("myapp")).connect(bus.tcp_url)
-    assert other.subscribe("app/myapp/expiry/#") == 1
+    assert other.subscribe("app/myapp/expiry/data/#") == 1
 
     sleep_past(token, bus.secret)
     # still connected, but nothing is allowed any more: not to publish ...
     assert expiring.client.is_connected()
     with pytest.raises(PublishError, match="0x87"):
-        expiring.publish("app/myapp/expiry/b", b"after")
+        expiring.publish("app/myapp/expiry/data/b", b"after")
     # ... nor to subscribe ...
-    assert expiring.subscribe("app/myapp/expiry2/#") == 0x87
+    assert expiring.subscribe("app/myapp/expiry2/data/#") == 0x87
     # ... nor to receive on the subscription it made before
-    other.publish("app/myapp/expiry/c", b"for everyone")
+    other.publish("app/myapp/expiry/data/c", b"for everyone")
     assert other.messages.get(timeout=WAIT).payload == b"for everyone"
     with pytest.raises(queue.Empty):
         expiring.messages.get(timeout=0.5)
@@ -429,7 +475,7 @@ def test_refresh_flow(bus, probes):
     has expired, a reconnect with the new one restores access."""
     answer = bus.issue("myapp", "svc", ttl=3)
     p = probes(answer["access_token"]).connect(bus.tcp_url)
-    assert p.subscribe("app/myapp/refresh/#") == 1
+    assert p.subscribe("app/myapp/refresh/data/#") == 1
     refresh = {"refreshToken": answer["refresh_token"], "appId": "myapp", "clientId": "svc",
                "clientSecret": "svc-secret"}
     with pytest.raises(AuthRejected, match="HTTP 401"):            # not public
@@ -439,13 +485,13 @@ def test_refresh_flow(bus, probes):
     assert verify_jwt(fresh["access_token"], bus.secret)["appId"] == "myapp"
     sleep_past(answer["access_token"], bus.secret)
     with pytest.raises(PublishError):
-        p.publish("app/myapp/refresh/a", b"expired")
+        p.publish("app/myapp/refresh/data/a", b"expired")
     with pytest.raises(AuthRejected, match="HTTP 401"):            # an expired bearer is refused
         post_json(bus.api_url + "/api/platform/token/refresh_token", refresh, bearer=answer["access_token"])
     p.client.reauthenticate(fresh["access_token"], "sermas")
     assert p.client.is_connected()
-    assert p.subscribe("app/myapp/refresh/#") == 1
-    p.publish("app/myapp/refresh/b", b"fresh")
+    assert p.subscribe("app/myapp/refresh/data/#") == 1
+    p.publish("app/myapp/refresh/data/b", b"fresh")
     assert p.messages.get(timeout=WAIT).payload == b"fresh"
     # a refresh token works once; the platform passes Keycloak's refusal on as a 500
     with pytest.raises(AuthServerError, match="HTTP 500"):
@@ -481,7 +527,7 @@ def test_client_credentials_and_user_login(bus, probes):
     token = creds.fetch()
     assert token.claims["appId"] == "myapp" and token.claims["clientId"] == "svc"
     p = probes(token.access_token).connect(bus.mqtt_url.replace("ws://", "http://"))
-    assert p.subscribe("app/myapp/x") == 1
+    assert p.subscribe("app/myapp/x/y") == 1
     token2 = creds.refresh(token)
     assert any(path.endswith("/refresh_token") for path, _ in bus.token_server.requests)
     assert token2.access_token != token.access_token
@@ -489,8 +535,8 @@ def test_client_credentials_and_user_login(bus, probes):
     user = UserLogin(bus.api_url, "myapp", "alice", "alice-pw").fetch()
     assert user.claims["kind"] == "user" and user.claims["sub"] == "alice"
     u = probes(user.access_token, transport="websockets").connect(bus.mqtt_url)
-    assert u.subscribe("user/myapp/alice/#") == 1
-    assert u.subscribe("app/other/x") == 0x87
+    assert u.subscribe("user/myapp/alice/inbox/#") == 1
+    assert u.subscribe("app/other/x/y") == 0x87
 
 
 def test_tls_listeners():
@@ -501,7 +547,7 @@ def test_tls_listeners():
             try:
                 p.client.tls_set(ca_certs=b.ca_file)
                 p.connect(b.url(kind))
-                assert p.subscribe("app/myapp/tls") == 1
+                assert p.subscribe("app/myapp/tls/check") == 1
             finally:
                 p.close()
             bad = Probe("garbage", transport=transport)
