@@ -44,8 +44,9 @@ def _platform(token_ttl: float) -> Iterator[Tuple[Dict[str, Any], str]]:
     apps = {APP: {"clients": {"listener": "listener-secret", "speaker": "speaker-secret"}}}
     with LocalBus(apps=apps, token_ttl=token_ttl) as bus:
         def settings(who: str) -> Dict[str, Any]:
+            # one port, as the platform: the broker URL is derived from base_url
             return {"base_url": bus.api_url, "app_id": APP, "client_id": who,
-                    "client_secret": f"{who}-secret", "mqtt_url": bus.mqtt_url}
+                    "client_secret": f"{who}-secret"}
         yield ({"listener": settings("listener"), "speaker": settings("speaker")},
                f"a local bus (broker {bus.mqtt_url}, API {bus.api_url}, tokens live {token_ttl:.0f} s)")
 

@@ -45,8 +45,13 @@ What the broker enforces (details in ``plugin/sermas_jwt_auth.c``):
   expires stays connected but loses all topic access until it reconnects
   with a fresh token (``Client.reauthenticate``).
 
-Standard library only (plus the plugin's shared library); it does not need
-the ``sermas_bus._core`` extension.
+One port, as the platform: ``api_url`` serves the REST endpoints and
+``/mqtt`` (websockets relayed to the broker) together, so
+``SermasClient(bus.api_url, app_id=..., client_id=..., client_secret=...)``
+needs nothing else; ``tcp_url`` and ``url(kind)`` reach the broker's own
+listeners.  The front is aiohttp (``pip install 'sermas_bus[localbus]'``);
+the rest is the standard library and the plugin's shared library, and only
+``publish()`` needs the ``sermas_bus._core`` extension.
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ import os
 import re
 import secrets
 import shutil
+import ssl
 import tempfile
 import weakref
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -162,9 +168,19 @@ class _State:
         self.broker = broker
         self.tokens: Optional[TokenServer] = None
         self.tmpdir: Optional[str] = None
+        self.platform: Any = None           # LocalBus.publish's connection
+        self.front: Any = None              # the one-port PlatformFront
 
 
 def _cleanup(state: _State) -> None:
+    for attr in ("platform", "front"):
+        part = getattr(state, attr)
+        setattr(state, attr, None)
+        if part is not None:
+            try:
+                part.close()
+            except Exception:
+                pass
     tokens, state.tokens = state.tokens, None
     if tokens is not None:
         try:
@@ -232,15 +248,25 @@ class LocalBus:
         return tokens
 
     @property
+    def _front(self) -> Any:
+        front = self._state.front
+        if front is None:
+            raise RuntimeError("LocalBus not started: call start() or use 'with'")
+        return front
+
+    @property
     def api_url(self) -> str:
-        """Base URL of the token endpoints (``http://127.0.0.1:<port>``), the
-        ``base`` of ``sermas_bus.auth.ClientCredentials`` / ``UserLogin``."""
-        return self.token_server.url
+        """The platform's URL, as ``SermasClient``'s ``base_url``: the REST
+        endpoints and the broker (``/mqtt``) on one port, as behind the
+        platform's proxy (``http://127.0.0.1:<port>``, ``https://`` with ``tls=True``)."""
+        return self._front.url
 
     @property
     def mqtt_url(self) -> str:
-        """The broker as SERMAS publishes it: MQTT over websockets, ``ws://127.0.0.1:<port>/mqtt``."""
-        return self.url("ws")
+        """The broker as SERMAS publishes it: MQTT over websockets at ``/mqtt``
+        on the API's port (``ws://127.0.0.1:<port>/mqtt``, ``wss://`` with ``tls=True``)."""
+        front = self._front
+        return "{}://{}:{}/mqtt".format("wss" if front.ssl_context is not None else "ws", front.host, front.port)
 
     @property
     def tcp_url(self) -> str:
@@ -290,6 +316,37 @@ class LocalBus:
         _check_name("client_id", client_id)
         return self.token_server.issue(app_id, client_id, "client", ttl, **claims)
 
+    # ------------------------------------------------------------ the platform
+    def publish(self, target: str, payload: Any = None, **params: Any) -> str:
+        """Publish an event as the SERMAS platform does, for tests and notebooks:
+        over MQTT 3.1.1 at QoS 0 from a superuser connection (kept open until
+        ``close()``), the topic filled by the platform's rules (explicit
+        ``params`` on top; the payload is read only when it is a dict with a
+        truthy ``appId``, as ``MqttService.publish`` does).  ``payload``: a
+        dict/list (JSON), ``bytes`` (raw) or ``str``.  Returns the topic.  Needs
+        the ``sermas_bus._core`` extension."""
+        from . import json as sbjson, topics
+        fill_from = payload if isinstance(payload, dict) and payload.get("appId") else None
+        topic = topics.render(target, params or None, fill_from)
+        if isinstance(payload, (bytes, bytearray)):
+            data = bytes(payload)
+        elif isinstance(payload, str):
+            data = payload.encode("utf-8")
+        else:
+            data = sbjson.dumps(payload)
+        self._platform_client().publish(topic, data, qos=0).wait_for_publish(10)
+        return topic
+
+    def _platform_client(self) -> Any:
+        if self._state.platform is None:
+            import sermas_bus.client as mqtt
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sermas-platform-" + secrets.token_hex(4),
+                                 protocol=mqtt.MQTTv311)
+            client.username_pw_set(self.issue_token("platform", "sermas-api", superuser=True), "sermas")
+            client.connect(self.tcp_url)
+            self._state.platform = client
+        return self._state.platform
+
     # ------------------------------------------------------------- lifecycle
     def start(self) -> "LocalBus":
         """Start the token server and the broker; no-op when running."""
@@ -310,6 +367,9 @@ class LocalBus:
             self._state.tokens = TokenServer(secret=self.secret, ttl=self.token_ttl,
                                              clients=clients, users=users, claims=claims).start()
             self.broker.start()
+            from ._front import PlatformFront
+            self._state.front = PlatformFront(self._state.tokens, self.broker.host, self.broker.port,
+                                              host=self.broker.host, ssl_context=self._front_tls()).start()
         except BaseException:
             self.close()
             raise
@@ -327,6 +387,13 @@ class LocalBus:
         self.close()
 
     # -------------------------------------------------------------- internals
+    def _front_tls(self) -> Optional[ssl.SSLContext]:
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.broker.server_cert, self.broker.server_key)
+        return ctx
+
     def _prepare(self) -> None:
         tmpdir = tempfile.mkdtemp(prefix="sermas-localbus-")
         if any(c.isspace() for c in tmpdir):

@@ -14,13 +14,15 @@ import queue
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
 
 import sermas_bus.client as mqtt
 from sermas_bus import localbus
-from sermas_bus.auth import AuthRejected, AuthServerError, ClientCredentials, UserLogin, post_json
+from sermas_bus.auth import AuthRejected, AuthRequestError, AuthServerError, ClientCredentials, UserLogin, post_json
 from sermas_bus.errors import NotAuthorizedError, PublishError
 from sermas_bus.testing import LocalBus
 from sermas_bus.tokens import make_jwt, verify_jwt
@@ -141,7 +143,9 @@ def pid_alive(pid):
 # ------------------------------------------------------------------ lifecycle
 def test_urls_and_attributes(bus):
     assert bus.api_url.startswith("http://127.0.0.1:")
-    assert bus.mqtt_url == "ws://127.0.0.1:%d/mqtt" % bus.broker.ws_port
+    port = int(bus.api_url.rsplit(":", 1)[1])
+    assert bus.mqtt_url == "ws://127.0.0.1:%d/mqtt" % port           # one port, as the platform
+    assert bus.url("ws") == "ws://127.0.0.1:%d/mqtt" % bus.broker.ws_port   # mosquitto's own listener
     assert bus.tcp_url == "tcp://127.0.0.1:%d" % bus.broker.port
     assert isinstance(bus.secret, bytes) and len(bus.secret) == 32
     assert bus.is_running()
@@ -628,3 +632,74 @@ def test_client_refresh_falls_back_to_the_credentials_after_a_500(bus):
     assert verify_jwt(again.access_token, bus.secret)["clientId"] == "svc"
     paths = [path for path, _body in bus._state.tokens.requests[-2:]]
     assert paths == ["/api/platform/token/refresh_token", "/api/platform/token/access_token"]
+
+
+def test_localbus_publishes_as_the_platform(bus, probes):
+    """LocalBus.publish: MQTT 3.1.1, QoS 0, superuser, the platform's fill rules."""
+    p = probes(bus.issue_token("myapp", "svc")).connect(bus.tcp_url)
+    assert p.subscribe("app/myapp/dialogue/messages/+") == 1
+    topic = bus.publish("dialogue.messages", {"appId": "myapp", "sessionId": "top",
+                                              "record": {"sessionId": "rec"}, "text": "hi"})
+    assert topic == "app/myapp/dialogue/messages/rec"           # record.* overrides the top level
+    msg = p.messages.get(timeout=WAIT)
+    assert (msg.topic, msg.qos, json.loads(msg.payload)["text"]) == (topic, 0, "hi")
+    assert bus.publish("dialogue.messages", b"raw", appId="myapp", sessionId="s2") == \
+        "app/myapp/dialogue/messages/s2"
+    assert p.messages.get(timeout=WAIT).payload == b"raw"
+    with pytest.raises(ValueError, match="missing parameter 'appId'"):   # no appId: nothing is filled
+        bus.publish("dialogue.messages", {"sessionId": "s3"})
+    assert "as sermas-platform-" in bus.log() and "(p2, c1" in bus.log()   # mosquitto says p2 for MQTT 3.1.1
+
+
+# ------------------------------------------------------------- one port
+def test_sermas_client_needs_only_the_api_url(bus):
+    """As on the platform: the REST API and /mqtt share one port, so the
+    broker URL derived from base_url works with no mqtt_url (regression: it
+    pointed at a port with no broker)."""
+    from sermas_bus import SermasClient
+    got = queue.Queue()
+    assert bus.mqtt_url == bus.api_url.replace("http://", "ws://") + "/mqtt"
+    with SermasClient(bus.api_url, app_id="myapp", client_id="svc", client_secret="svc-secret") as me, \
+            SermasClient(bus.api_url, app_id="myapp", client_id="svc", client_secret="svc-secret") as other:
+        assert me.mqtt_url == bus.mqtt_url
+        me.subscribe("dialogue.messages", lambda event, msg: got.put(event))
+        other.publish("dialogue.messages", {"sessionId": "s1", "text": "one port"}).wait_for_publish(10)
+        assert got.get(timeout=WAIT)["text"] == "one port"
+
+
+def test_front_refuses_what_is_not_mqtt_over_websockets(bus):
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(bus.api_url + "/mqtt", timeout=5)
+    info.value.close()
+    assert info.value.code == 400
+    with pytest.raises(AuthRequestError, match="404"):
+        post_json(bus.api_url + "/api/nothing", {})
+
+
+def test_one_port_with_tls():
+    """tls=True: the front is HTTPS and /mqtt is wss://, with the bus's CA."""
+    import ssl as _ssl
+    from sermas_bus import SermasClient
+    with LocalBus(apps=APPS, tls=True) as tls_bus:
+        assert tls_bus.api_url.startswith("https://") and tls_bus.mqtt_url.startswith("wss://")
+        ctx = _ssl.create_default_context(cafile=tls_bus.ca_file)
+        with urllib.request.urlopen(urllib.request.Request(
+                tls_bus.api_url + "/api/platform/token", data=json.dumps(
+                    {"appId": "myapp", "clientId": "svc", "clientSecret": "svc-secret"}).encode(),
+                headers={"Content-Type": "application/json"}), context=ctx, timeout=5) as resp:
+            token = json.loads(resp.read())["access_token"]
+        got = queue.Queue()
+        with SermasClient(tls_bus.api_url, app_id="myapp", token=token, tls_context=ctx) as me:
+            me.subscribe("ui.content", lambda event, msg: got.put(event), no_local=False)
+            me.publish("ui.content", {"x": 1}).wait_for_publish(10)
+            assert got.get(timeout=WAIT) == {"x": 1}
+
+
+@pytest.mark.parametrize("data, size", [
+    (b"\x30", None), (b"\x30\x00", 2), (b"\xd0\x00\xd0\x00", 2), (b"\x30\x7f", 129),
+    (b"\x30\x80", None), (b"\x30\x80\x01", 131), (b"\x30\xff\xff\xff\x7f", 5 + 268435455),
+    (b"\x30\xff\xff\xff\xff\x01", 6),     # malformed: passed through whole
+])
+def test_front_frames_one_mqtt_packet_per_websocket_frame(data, size):
+    from sermas_bus._front import _packet_size
+    assert _packet_size(bytearray(data)) == size
