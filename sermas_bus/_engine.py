@@ -38,7 +38,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from . import _core, _probe
 from ._urls import host_port, uses_tls
@@ -267,12 +267,17 @@ class Engine:
             self.conn.disconnect(0.0, 0, None)   # paho's reconnect() drops the connection first
         self.connect()
 
-    def reauthenticate(self, timeout: float) -> Dict[str, Any]:
-        """Reconnect with the credentials now set, keeping the session."""
+    def reauthenticate(self, timeout: float, between: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+        """Reconnect with the credentials now set, keeping the session.
+        ``between`` is posted to the face's loop after the disconnect and
+        before the new CONNECT: it runs after everything the old connection
+        delivered and before anything of the new one."""
         if self.uris is None:
             raise ValueError("reauthenticate() before connect(): call connect() first")
         with self.reauth_lock:
             self.conn.disconnect(timeout, 0, None)
+            if between is not None:
+                self.conn.post(("call", between))
             self.user_disconnect = False
             return self.connect_now()
 

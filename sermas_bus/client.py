@@ -796,6 +796,8 @@ class Client:
             self._on_refused(ev[1])
         elif kind == "connect_failed":
             self._call("on_connect_fail", (self, self._userdata))
+        elif kind == "call":
+            ev[1]()     # a function posted to run on the loop thread, in queue order
 
     def _on_refused(self, code: Optional[int]) -> None:
         v5 = self._engine.mqtt_version == MQTTv5

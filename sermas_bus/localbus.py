@@ -342,7 +342,9 @@ class LocalBus:
             import sermas_bus.client as mqtt
             client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sermas-platform-" + secrets.token_hex(4),
                                  protocol=mqtt.MQTTv311)
-            client.username_pw_set(self.issue_token("platform", "sermas-api", superuser=True), "sermas")
+            # the platform's own token outlives the bus (token_ttl is for its clients)
+            client.username_pw_set(self.issue_token("platform", "sermas-api", ttl=30 * 86400, superuser=True),
+                                   "sermas")
             client.connect(self.tcp_url)
             self._state.platform = client
         return self._state.platform

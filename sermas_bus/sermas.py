@@ -2,8 +2,9 @@
 
 Knows the platform's topics by name (``"dialogue.messages"``), fills topic
 parameters from keyword arguments, the payload and the app id, encodes and
-decodes JSON in C, and keeps its JWT access token fresh, reconnecting with the
-new token without losing QoS 1 messages::
+decodes JSON in C, and keeps its JWT access token fresh, swapping the broker
+connection to the new token without losing an event (QoS 0 included: see
+``sermas_bus._swap``)::
 
     with SermasClient("http://localhost:8080", app_id="myapp",
                       client_id="my-service", client_secret="...") as bus:
@@ -36,6 +37,7 @@ from ._core import FilterTrie
 from .packettypes import PacketTypes
 from .properties import Properties
 from ._engine import Subscription as EngineSubscription
+from ._swap import TokenSwap, pick_counts
 from .matcher import validate_topic_filter
 
 logger = logging.getLogger("sermas_bus")
@@ -153,7 +155,7 @@ class SermasClient:
                  mqtt_client_id: Optional[str] = None, tls_context: Any = None,
                  refresh_margin: float = 30.0, session_expiry: int = 3600, start_loop: bool = True,
                  connect_timeout: float = 10.0, max_inflight: int = 100, max_queued: int = 10000,
-                 protocol: Optional[int] = None):
+                 protocol: Optional[int] = None, token_swap: str = "overlap"):
         if not app_id:
             raise ValueError("app_id is required: every SERMAS topic starts with app/<appId>/")
         self.base_url = base_url.rstrip("/")
@@ -210,6 +212,13 @@ class SermasClient:
         self._stop = threading.Event()
         self._reauth_done = threading.Condition()
         self._refreshes = 0
+        if token_swap not in ("overlap", "reconnect"):
+            raise ValueError(f"token_swap must be 'overlap' or 'reconnect', not {token_swap!r}")
+        #: "overlap": a token refresh opens the new connection before the old
+        #: one goes (no QoS 0 event lost); "reconnect": just reconnect
+        self.token_swap = token_swap
+        self._swap: Optional[TokenSwap] = None
+        self._swaps = 0
 
     def _token_source(self, client_id, client_secret, token, refresh_token, username, password,
                       provider) -> Optional[TokenSource]:
@@ -307,17 +316,106 @@ class SermasClient:
 
     def refresh_token(self) -> Token:
         """Refresh now and reconnect with the new token as username, keeping
-        the session (no QoS 1 message is lost)."""
+        the session; with ``token_swap="overlap"`` (the default) a bridge
+        connection covers the reconnect, so no event is lost."""
         if self._source is None or self._token is None:
             raise ValueError("no credentials to refresh: create the client with a token source")
         new = self._source.refresh(self._token)
         self._token = new
-        self._client.reauthenticate(new.access_token, PASSWORD_PLACEHOLDER, timeout=self.connect_timeout)
+        if self.token_swap == "overlap" and self._client.is_connected() and self._engine.subscriptions:
+            self._swap_with_overlap(new.access_token)
+        else:
+            self._client.reauthenticate(new.access_token, PASSWORD_PLACEHOLDER, timeout=self.connect_timeout)
         with self._reauth_done:
             self._refreshes += 1
             self._reauth_done.notify_all()
         logger.info("SERMAS token refreshed; reconnected (%s)", new)
         return new
+
+    # ---- token rotation without a gap (sermas_bus/_swap.py) -------------------
+
+    def _swap_with_overlap(self, token: str) -> None:
+        """Open a bridge connection with the new token, reconnect our own one,
+        fill what it missed from the bridge, close the bridge."""
+        eng = self._engine
+        swap = TokenSwap(pick_counts(eng.mqtt_version == mqtt.MQTTv5 or self._stable_id), self._deliver)
+        self._swap = swap           # from now on our deliveries are remembered
+        try:
+            bridge = self._open_bridge(token, swap)
+        except Exception as exc:    # the plain reconnect still works, with its gap
+            self._swap = None
+            logger.warning("token swap: the bridge connection failed (%s); reconnecting without it", exc)
+            self._client.reauthenticate(token, PASSWORD_PLACEHOLDER, timeout=self.connect_timeout)
+            return
+        try:
+            self._client.username_pw_set(token, PASSWORD_PLACEHOLDER)
+            eng.reauthenticate(self.connect_timeout, between=swap.mark_disconnected)
+        except BaseException:
+            self._close_bridge(bridge)
+            self._finish_swap(swap, fill=False)
+            raise
+        self._close_bridge(bridge)
+        self._finish_swap(swap, fill=True)
+
+    def _open_bridge(self, token: str, swap: TokenSwap) -> mqtt.Client:
+        eng = self._engine
+        self._swaps += 1
+        bridge = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self._client.client_id}-swap{self._swaps}",
+                             protocol=eng.mqtt_version)
+        b = bridge._engine
+        b.tls, b.ws_headers, b.connect_timeout = eng.tls, eng.ws_headers, eng.connect_timeout
+        b.dedupe_overlaps = True
+        bridge.username_pw_set(token, PASSWORD_PLACEHOLDER)
+        # retained messages sent for the bridge's new subscriptions are not events of the gap
+        bridge.on_message = lambda client, userdata, msg: None if msg.retain else swap.on_bridge(msg)
+        try:
+            bridge.connect(eng.uris)
+            bridge.loop_start()
+            with eng.subs_lock:
+                subs = list(eng.subscriptions.items())
+            v5 = eng.mqtt_version == mqtt.MQTTv5
+            for t, s in subs:   # the same filters and subscription identifiers
+                sent = b.subscribe([(t, EngineSubscription(s.qos, s.no_local, False, 2 if v5 else 0, s.properties,
+                                                           degradable=True))], s.properties)
+                if sent is None or any(code >= 0x80 for code in sent[1]):
+                    raise SubscriptionRefusedError(f"the bridge could not subscribe to {t!r}", t,
+                                                   sent[1][0] if sent else 0x80)
+            b.conn.post(("call", swap.bridge_ready))   # after the last SUBACK, in its queue order
+        except BaseException:
+            bridge.close()
+            raise
+        return bridge
+
+    @staticmethod
+    def _close_bridge(bridge: mqtt.Client) -> None:
+        """Unsubscribe, then let its loop deliver everything it received."""
+        drained = threading.Event()
+        try:
+            if bridge.is_connected():
+                filters = list(bridge._engine.subscriptions)
+                if filters:
+                    bridge.unsubscribe(filters)
+            bridge._engine.conn.post(("call", drained.set))
+            if not drained.wait(10):
+                logger.warning("token swap: the bridge did not drain within 10 s")
+        except Exception as exc:   # the swap's accounting goes on without the rest
+            logger.warning("token swap: closing the bridge: %s", exc)
+        finally:
+            bridge.close()
+
+    def _finish_swap(self, swap: TokenSwap, fill: bool) -> None:
+        """On our loop thread, after everything queued: fill the gap (or just
+        release what was held), and stop holding."""
+        def finish() -> None:
+            try:
+                swap.finish() if fill else swap.release()
+            finally:
+                if self._swap is swap:
+                    self._swap = None
+                if swap.filled:
+                    logger.info("token swap: %d event(s) of the reconnect gap came through the bridge",
+                                swap.filled)
+        self._engine.conn.post(("call", finish))
 
     # ---- topics -----------------------------------------------------------------
 
@@ -440,6 +538,12 @@ class SermasClient:
             self._client.unsubscribe(sub.filter)
 
     def _dispatch(self, client: Any, userdata: Any, msg: Any) -> None:
+        swap = self._swap
+        if swap is not None and swap.hold(msg):
+            return          # after the token swap's disconnect: delivered when the gap is filled
+        self._deliver(msg)
+
+    def _deliver(self, msg: Any) -> None:
         try:
             event: Any = sbjson.loads(msg.payload)
             is_json = True
