@@ -101,6 +101,7 @@ class PlatformFront:
         app = web.Application(client_max_size=1 << 20)
         app.router.add_get("/mqtt", self._mqtt)
         app.router.add_post("/{path:.*}", self._rest)
+        app.router.add_get("/{path:.*}", self._rest_get)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0, ssl_context=self.ssl_context)
@@ -125,6 +126,10 @@ class PlatformFront:
         except ValueError:
             return web.json_response({"message": "body must be a JSON object"}, status=400)
         status, answer = self.tokens._handle(request.path, body, request.headers.get("Authorization"))
+        return web.json_response(answer, status=status)
+
+    async def _rest_get(self, request: web.Request) -> web.Response:
+        status, answer = self.tokens._handle_get(request.path, request.headers.get("Authorization"))
         return web.json_response(answer, status=status)
 
     # ---- /mqtt: websocket <-> the broker's TCP listener --------------------------

@@ -119,37 +119,51 @@ class Token:
 
 
 def post_json(url: str, body: Dict[str, Any], bearer: Optional[str] = None, timeout: float = 10.0) -> Dict[str, Any]:
-    """POST a JSON body, return the JSON answer; errors -> AuthError subclasses."""
+    """POST a JSON body, return the JSON answer (an object); errors -> AuthError subclasses."""
     data = json.dumps(body).encode("utf-8")
     req = urllib.request.Request(url, data=data, method="POST",
                                  headers={"Content-Type": "application/json", "Accept": "application/json"})
     if bearer:
         req.add_header("Authorization", f"Bearer {bearer}")
+    answer = _send(req, url, "POST", timeout)
+    if not isinstance(answer, dict):
+        raise AuthBadAnswer(f"POST {url} answered with JSON that is not an object")
+    return answer
+
+
+def _send(req: urllib.request.Request, url: str, method: str, timeout: float) -> Any:
+    """Send, decode the JSON answer; HTTP and network errors -> AuthError subclasses."""
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as exc:
         detail = _error_detail(exc)
+        exc.close()
         if exc.code in (401, 403):
-            raise AuthRejected(f"POST {url} was refused (HTTP {exc.code}{detail}): check the app id, "
+            raise AuthRejected(f"{method} {url} was refused (HTTP {exc.code}{detail}): check the app id, "
                                "client id and secret, or log in again") from None
         if exc.code >= 500:
-            raise AuthServerError(f"POST {url} failed on the server (HTTP {exc.code}{detail}): the platform "
+            raise AuthServerError(f"{method} {url} failed on the server (HTTP {exc.code}{detail}): the platform "
                                   "answers this when its identity provider refuses (e.g. a stale refresh "
                                   "token) or is down; try again later") from None
-        raise AuthRequestError(f"POST {url} was rejected as a bad request (HTTP {exc.code}{detail}); "
+        raise AuthRequestError(f"{method} {url} was rejected as a bad request (HTTP {exc.code}{detail}); "
                                "check the base URL and the parameters") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise AuthUnreachable(f"cannot reach the SERMAS API at {url}: {reason}; is base_url right and "
                               "the platform running?") from None
     try:
-        answer = json.loads(raw)
+        return json.loads(raw)
     except ValueError:
-        raise AuthBadAnswer(f"POST {url} answered with something that is not JSON ({len(raw)} bytes)") from None
-    if not isinstance(answer, dict):
-        raise AuthBadAnswer(f"POST {url} answered with JSON that is not an object")
-    return answer
+        raise AuthBadAnswer(f"{method} {url} answered with something that is not JSON ({len(raw)} bytes)") from None
+
+
+def get_json(url: str, bearer: Optional[str] = None, timeout: float = 10.0) -> Any:
+    """GET a JSON answer; errors -> the same AuthError subclasses as post_json."""
+    req = urllib.request.Request(url, method="GET", headers={"Accept": "application/json"})
+    if bearer:
+        req.add_header("Authorization", f"Bearer {bearer}")
+    return _send(req, url, "GET", timeout)
 
 
 def _error_detail(exc: urllib.error.HTTPError) -> str:

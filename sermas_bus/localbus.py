@@ -65,7 +65,7 @@ import weakref
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .testing import Mosquitto
-from .tokens import TokenServer
+from .tokens import TokenServer, _shipped_topics
 
 __all__ = ["LocalBus", "plugin_path"]
 
@@ -151,6 +151,22 @@ def _normalise_credential(who: str, value: Any) -> Dict[str, Any]:
             "superuser": bool(value.get("superuser", False))}
 
 
+def _check_extra_topics(extra: Optional[Mapping[str, Any]]) -> Dict[str, Dict[str, str]]:
+    """``{"mymod": {"thing": "app/:appId/mymod/thing/:id"}}``: topics a module
+    adds at runtime, published by the discovery endpoints with the table."""
+    out: Dict[str, Dict[str, str]] = {}
+    for resource, names in (extra or {}).items():
+        if not isinstance(names, Mapping):
+            raise TypeError("extra_topics[{!r}] must map names to templates".format(resource))
+        for name, template in names.items():
+            if not isinstance(template, str) or len(template.split("/")) < 4 or \
+                    template.split("/")[0] not in ("app", "user"):
+                raise ValueError("extra_topics[{!r}][{!r}] = {!r}: a template is app/:appId/<resource>/<scope>[/...]"
+                                 .format(resource, name, template))
+            out.setdefault(str(resource), {})[str(name)] = template
+    return out
+
+
 def _token_claims(credential: Dict[str, Any]) -> Dict[str, Any]:
     """The extra claims a credential's tokens carry (the plugin enforces them)."""
     claims: Dict[str, Any] = {}
@@ -205,7 +221,10 @@ class LocalBus:
     "ui:content"]}`` limits the tokens to those ``<resource>:<scope>`` permissions,
     ``"superuser": True`` allows every topic (``system/...`` too), as the platform.
     ``shared_subscriptions``: accept ``$share/<group>/...`` filters (the
-    platform refuses them; a broker set up for them would not).  ``token_ttl``: access token
+    platform refuses them; a broker set up for them would not).
+    ``extra_topics``: ``{"mymod": {"thing": "app/:appId/mymod/thing/:id"}}``,
+    topics a module adds, served by the discovery endpoints with the table
+    (``SermasClient.discover_topics()``).  ``token_ttl``: access token
     lifetime in seconds (default 12 h, as the platform's reference deployment).  ``tls``: also listen with TLS (``url("mqtts")``,
     ``url("wss")``, verified with ``ca_file``).  ``secret``: the HS256 key
     (default: 32 random bytes).  ``log_type``, ``binary``: as for ``Mosquitto``.
@@ -221,11 +240,13 @@ class LocalBus:
     def __init__(self, apps: Optional[Mapping[str, Any]] = None, token_ttl: float = 12 * 3600.0,
                  tls: bool = False, *, secret: Optional[bytes] = None, log_type: str = "all",
                  binary: Optional[str] = None, plugin: Optional[str] = None,
-                 ready_timeout: float = 10.0, shared_subscriptions: bool = False) -> None:
+                 ready_timeout: float = 10.0, shared_subscriptions: bool = False,
+                 extra_topics: Optional[Mapping[str, Mapping[str, str]]] = None) -> None:
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ValueError("secret must be non-empty bytes")
         self.apps = _normalise_apps(apps)
         self.shared_subscriptions = bool(shared_subscriptions)
+        self.extra_topics = _check_extra_topics(extra_topics)
         self.token_ttl = float(token_ttl)
         self.tls = bool(tls)
         self.secret: bytes = secret if secret is not None else secrets.token_bytes(32)
@@ -366,8 +387,11 @@ class LocalBus:
                     for name, cred in table.items():
                         out[(app_id, name)] = cred["secret"]
                         claims[(kind, app_id, name)] = _token_claims(cred)
-            self._state.tokens = TokenServer(secret=self.secret, ttl=self.token_ttl,
-                                             clients=clients, users=users, claims=claims).start()
+            table = _shipped_topics()
+            for resource, names in self.extra_topics.items():
+                table.setdefault(resource, {}).update(names)
+            self._state.tokens = TokenServer(secret=self.secret, ttl=self.token_ttl, clients=clients,
+                                             users=users, claims=claims, topics=table).start()
             self.broker.start()
             from ._front import PlatformFront
             self._state.front = PlatformFront(self._state.tokens, self.broker.host, self.broker.port,

@@ -38,6 +38,7 @@ from .packettypes import PacketTypes
 from .properties import Properties
 from ._engine import Subscription as EngineSubscription
 from ._swap import TokenSwap, pick_counts
+from . import _discovery
 from .matcher import validate_topic_filter
 
 logger = logging.getLogger("sermas_bus")
@@ -418,6 +419,31 @@ class SermasClient:
         self._engine.conn.post(("call", finish))
 
     # ---- topics -----------------------------------------------------------------
+
+    def discover_topics(self) -> Dict[str, Any]:
+        """Load the platform's topics from its REST API and merge them into
+        the default table (``sermas_bus._discovery``): modules add topics at
+        runtime and older releases differ.  Returns ``{"resources": {resource:
+        [scope, ...]}, "added": {name: template}, "changed": {name: (ours,
+        platform's)}, "ambiguous": [template, ...]}``.  The client's templates
+        need a token of an app client; without one only ``resources`` is read.
+        On an error (offline, refused) the table stays as it was and the
+        ``sermas_bus.auth.AuthError`` says why."""
+        token = self._token
+        if token is None and self._source is not None:
+            token = self._source.fetch()
+        client_id = None
+        if token is not None:
+            client_id = token.claims.get("clientId") or getattr(self._source, "client_id", None)
+        resources, templates = _discovery.fetch(self.base_url, self.app_id, client_id,
+                                                token.access_token if token else None,
+                                                timeout=self.connect_timeout)
+        result = _discovery.merge(templates)
+        result["resources"] = resources
+        if result["added"] or result["changed"]:
+            logger.info("SERMAS topics discovered: %d added, %d changed (%s)", len(result["added"]),
+                        len(result["changed"]), ", ".join(sorted({**result["added"], **result["changed"]})))
+        return result
 
     def topic(self, target: str, payload: Any = None, subscribe: bool = False, **params: Any) -> str:
         """The concrete topic (or filter) for a name, template or topic."""

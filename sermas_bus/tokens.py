@@ -16,6 +16,16 @@ For tests, notebooks and the local bus.  It answers, on a free loopback port:
 
 Access tokens live 12 h by default, as in the platform's reference deployment.
 
+And the discovery endpoints, from ``topics`` (resource -> name -> template,
+default: the table shipped in ``sermas_bus/data/topics.json``):
+
+* ``GET /api/platorm/topics`` (sic, the platform's spelling; public):
+  ``{"resources": {resource: [scope, ...]}}``;
+* ``GET /api/platorm/topics/user`` (Bearer): the same, limited to the token's
+  ``permissions`` claim;
+* ``GET /api/platform/app/<appId>/client/<clientId>/topics`` (Bearer): the
+  templates the client's permissions allow.
+
 Access tokens are JWTs signed with ``secret`` (HS256) whose claims carry
 ``sub``, ``appId``, ``clientId``, ``iat``, ``exp`` and a serial ``jti``; an
 MQTT broker plugin can verify them with the same secret.  Standard library only.
@@ -72,13 +82,15 @@ class TokenServer:
     def __init__(self, secret: Optional[bytes] = None, ttl: float = 12 * 3600.0,
                  clients: Optional[Dict[Tuple[str, str], str]] = None,
                  users: Optional[Dict[Tuple[str, str], str]] = None, host: str = "127.0.0.1",
-                 claims: Optional[Dict[Tuple[str, str, str], Dict[str, Any]]] = None):
+                 claims: Optional[Dict[Tuple[str, str, str], Dict[str, Any]]] = None,
+                 topics: Optional[Dict[str, Dict[str, str]]] = None):
         self.secret = secret or secrets.token_bytes(32)
         self.ttl = float(ttl)
         self.clients = dict(clients or {})
         self.users = dict(users or {})
         # (kind, appId, subject) -> extra claims of its tokens (permissions, superuser)
         self.claims = dict(claims or {})
+        self.topics = topics if topics is not None else _shipped_topics()
         self.issued: List[Tuple[str, Dict[str, Any]]] = []
         self.requests: List[Tuple[str, Dict[str, Any]]] = []
         self._refresh: Dict[str, Tuple[str, str, str]] = {}   # refresh token -> (kind, appId, subject)
@@ -162,6 +174,46 @@ class TokenServer:
         kind, app_id, subject = known
         return 200, self.issue(app_id, subject, kind)
 
+    def _bearer_claims(self, authorization: Optional[str]) -> Optional[Dict[str, Any]]:
+        if not authorization or not authorization.startswith("Bearer "):
+            return None
+        try:
+            return verify_jwt(authorization[len("Bearer "):], self.secret)
+        except ValueError:
+            return None
+
+    def _tree(self, permissions: Optional[List[str]]) -> Dict[str, List[str]]:
+        tree: Dict[str, List[str]] = {}
+        for names in self.topics.values():
+            for template in names.values():
+                rs = _resource_scope(template)
+                if _allowed(permissions, rs) and rs is not None and rs[1] not in tree.setdefault(rs[0], []):
+                    tree[rs[0]].append(rs[1])
+        return {res: scopes for res, scopes in tree.items() if scopes}
+
+    def _handle_get(self, path: str, authorization: Optional[str] = None) -> Tuple[int, Any]:
+        """The discovery endpoints (see the module docstring)."""
+        with self._lock:
+            self.requests.append((path, {}))
+        if path == "/api/platorm/topics":
+            return 200, {"resources": self._tree(None)}
+        parts = path.strip("/").split("/")
+        if path == "/api/platorm/topics/user" or (len(parts) == 7 and parts[:3] == ["api", "platform", "app"]
+                                                 and parts[4] == "client" and parts[6] == "topics"):
+            bearer = self._bearer_claims(authorization)
+            if bearer is None:
+                return 401, {"message": "Unauthorized", "statusCode": 401}
+            if path == "/api/platorm/topics/user":
+                return 200, {"resources": self._tree(bearer.get("permissions"))}
+            app_id, client_id = parts[3], parts[5]
+            known = {(a, c) for a, c in self.clients}
+            if (app_id, client_id) not in known:
+                return 404, {"message": "client not found", "statusCode": 404}
+            permissions = self.claims.get(("client", app_id, client_id), {}).get("permissions")
+            return 200, [t for names in self.topics.values() for t in names.values()
+                         if _allowed(permissions, _resource_scope(t))]
+        return 404, {"message": f"no route {path}"}
+
     def _handle(self, path: str, body: Dict[str, Any],
                 authorization: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
         with self._lock:
@@ -187,8 +239,29 @@ class TokenServer:
         return 404, {"message": f"no route {path}"}
 
 
+def _shipped_topics() -> Dict[str, Dict[str, str]]:
+    import os
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "topics.json")
+    with open(path, encoding="utf-8") as f:
+        table: Dict[str, Dict[str, str]] = json.load(f)
+    return table
+
+
+def _resource_scope(template: str) -> Optional[Tuple[str, str]]:
+    levels = template.split("/")
+    return (levels[2], levels[3]) if len(levels) >= 4 else None
+
+
+def _allowed(permissions: Optional[List[str]], rs: Optional[Tuple[str, str]]) -> bool:
+    return rs is not None and (permissions is None or "{}:{}".format(*rs) in permissions)
+
+
 def _make_handler(server: TokenServer) -> type:
     class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:   # noqa: N802 (http.server's naming)
+            status, answer = server._handle_get(self.path.split("?")[0], self.headers.get("Authorization"))
+            self._answer(status, answer)
+
         def do_POST(self) -> None:   # noqa: N802 (http.server's naming)
             length = int(self.headers.get("Content-Length") or 0)
             try:
@@ -201,7 +274,7 @@ def _make_handler(server: TokenServer) -> type:
             status, answer = server._handle(self.path.split("?")[0], body, self.headers.get("Authorization"))
             self._answer(status, answer)
 
-        def _answer(self, status: int, answer: Dict[str, Any]) -> None:
+        def _answer(self, status: int, answer: Any) -> None:
             data = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

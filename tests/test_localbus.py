@@ -703,3 +703,71 @@ def test_one_port_with_tls():
 def test_front_frames_one_mqtt_packet_per_websocket_frame(data, size):
     from sermas_bus._front import _packet_size
     assert _packet_size(bytearray(data)) == size
+
+
+# ------------------------------------------------------------- discovery
+@pytest.fixture
+def restore_topics():
+    from sermas_bus import topics
+    saved = topics.table
+    topics.table = topics.TopicTable.from_dict(topics.load_table())
+    yield topics
+    topics.table = saved
+
+
+def test_discovery_endpoints_as_the_platform(bus):
+    from sermas_bus.auth import get_json
+    tree = get_json(bus.api_url + "/api/platorm/topics")["resources"]
+    assert "messages" in tree["dialogue"] and "content" in tree["ui"]
+    with pytest.raises(AuthRejected):
+        get_json(bus.api_url + "/api/platform/app/myapp/client/svc/topics")
+    token = bus.issue_token("myapp", "svc")
+    listed = get_json(bus.api_url + "/api/platform/app/myapp/client/svc/topics", bearer=token)
+    assert "app/:appId/dialogue/messages/:sessionId" in listed
+    with pytest.raises(AuthRequestError, match="404"):
+        get_json(bus.api_url + "/api/platform/app/myapp/client/nobody/topics", bearer=token)
+
+
+def test_discovery_follows_the_clients_permissions():
+    from sermas_bus.auth import get_json
+    apps = {"myapp": {"clients": {"svc": {"secret": "s", "permissions": ["dialogue:messages"]}}}}
+    with LocalBus(apps=apps) as b:
+        token = ClientCredentials(b.api_url, "myapp", "svc", "s").fetch().access_token
+        assert get_json(b.api_url + "/api/platform/app/myapp/client/svc/topics", bearer=token) == \
+            ["app/:appId/dialogue/messages/:sessionId"]
+        assert get_json(b.api_url + "/api/platorm/topics/user", bearer=token) == \
+            {"resources": {"dialogue": ["messages"]}}
+
+
+def test_discover_topics_merges_modules_and_older_releases(restore_topics):
+    from sermas_bus import SermasClient
+    extra = {"mymod": {"thing": "app/:appId/mymod/thing/:id"},
+             # an older release: agentSpeech without :messageId
+             "dialogue": {"agentSpeech": "app/:appId/dialogue/speech/:sessionId/:chunkId"}}
+    with LocalBus(apps=APPS, extra_topics=extra) as b:
+        bus = SermasClient(b.api_url, app_id="myapp", client_id="svc", client_secret="svc-secret")
+        result = bus.discover_topics()
+        assert result["added"] == {"mymod.thing": "app/:appId/mymod/thing/:id"}
+        assert result["changed"] == {"dialogue.agentSpeech": (
+            "app/:appId/dialogue/speech/:sessionId/:messageId/:chunkId",
+            "app/:appId/dialogue/speech/:sessionId/:chunkId")}
+        assert "mymod" in result["resources"]
+        assert restore_topics.match("app/myapp/mymod/thing/7") == ("mymod.thing", {"appId": "myapp", "id": "7"})
+        assert bus.topic("dialogue.agentSpeech", sessionId="s", chunkId="0") == "app/myapp/dialogue/speech/s/0"
+        assert bus.discover_topics()["added"] == {}        # a second time: nothing new
+        bus.close()
+
+
+def test_discover_topics_offline_keeps_the_table(restore_topics):
+    from sermas_bus import SermasClient
+    from sermas_bus.auth import AuthUnreachable
+    before = {n: restore_topics.template(n) for n in restore_topics.names()}
+    bus = SermasClient("http://127.0.0.1:9", app_id="myapp", token=_expiring_free_token())
+    with pytest.raises(AuthUnreachable, match="cannot reach"):
+        bus.discover_topics()
+    assert {n: restore_topics.template(n) for n in restore_topics.names()} == before
+
+
+def _expiring_free_token():
+    from sermas_bus.tokens import make_jwt
+    return make_jwt({"appId": "myapp", "clientId": "svc", "exp": time.time() + 600}, b"k")
