@@ -771,3 +771,14 @@ def test_discover_topics_offline_keeps_the_table(restore_topics):
 def _expiring_free_token():
     from sermas_bus.tokens import make_jwt
     return make_jwt({"appId": "myapp", "clientId": "svc", "exp": time.time() + 600}, b"k")
+
+
+def test_sermas_share_and_wildcards_are_refused_as_on_the_platform(bus):
+    from sermas_bus import SermasClient
+    from sermas_bus.errors import SubscriptionRefusedError
+    with SermasClient(bus.api_url, app_id="myapp", client_id="svc", client_secret="svc-secret") as me:
+        with pytest.raises(SubscriptionRefusedError, match="refuses shared subscriptions") as info:
+            me.subscribe("dialogue.messages", lambda e, m: None, share="workers")
+        assert info.value.filter == "$share/workers/app/myapp/dialogue/messages/+"
+        with pytest.raises(SubscriptionRefusedError, match=r"app/myapp/dialogue/messages/\+ instead"):
+            me.subscribe("app/myapp/#", lambda e, m: None)
