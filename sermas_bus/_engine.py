@@ -518,10 +518,11 @@ class Engine:
     def _drop_redundant(self, wanted: Dict[str, Subscription]) -> None:
         """UNSUBSCRIBE what the broker has that a wider filter now covers
         (after the wider one's SUBACK: no gap)."""
-        redundant = [t for t in self.at_broker if t not in wanted and t in self.subscriptions]
+        with self.subs_lock:
+            redundant = [t for t in self.at_broker if t not in wanted and t in self.subscriptions]
+            self.at_broker.difference_update(redundant)
         if not redundant:
             return
-        self.at_broker.difference_update(redundant)
         try:
             self.conn.unsubscribe(redundant, None)
         except (ConnectionLostError, NotConnectedError):
@@ -545,11 +546,13 @@ class Engine:
         """Before unsubscribing: subscribe what the removed filters covered;
         then only what the broker has is unsubscribed."""
         wanted = self._broker_set()
-        missing = [(t, s) for t, s in wanted.items() if t not in self.at_broker]
+        with self.subs_lock:
+            missing = [(t, s) for t, s in wanted.items() if t not in self.at_broker]
         if missing:
             self.send_subscribe(missing, None, notify=False)
-        held = [t for t in topics if t in self.at_broker]
-        self.at_broker.difference_update(held)
+        with self.subs_lock:
+            held = [t for t in topics if t in self.at_broker]
+            self.at_broker.difference_update(held)
         return held
 
     def send_subscribe(self, subs: Subs, properties: Optional[Properties],
@@ -612,7 +615,8 @@ class Engine:
             subs = list((self.unsent if only_unsent else self.subscriptions).items())
         if self._reducing():
             if not only_unsent:
-                self.at_broker.clear()
+                with self.subs_lock:
+                    self.at_broker.clear()
             wanted = self._broker_set()
             self._served([(t, s) for t, s in subs if t not in wanted])
             subs = [(t, s) for t, s in subs if t in wanted]

@@ -366,6 +366,7 @@ class SermasClient:
         b = bridge._engine
         b.tls, b.ws_headers, b.connect_timeout = eng.tls, eng.ws_headers, eng.connect_timeout
         b.dedupe_overlaps = True
+        b.raise_refusals = True      # a refused CONNECT says so (the swap then reconnects plainly)
         bridge.username_pw_set(token, PASSWORD_PLACEHOLDER)
         # retained messages sent for the bridge's new subscriptions are not events of the gap
         bridge.on_message = lambda client, userdata, msg: None if msg.retain else swap.on_bridge(msg)
