@@ -25,7 +25,11 @@
 
 ``loads(data) -> object``
     ``data`` is UTF-8 JSON as bytes, bytearray, memoryview or str. Integers stay
-    ints (exact at any size), numbers with a fraction or exponent become floats
+    ints, exact, up to the interpreter's limit for integer/string conversion
+    (``sys.get_int_max_str_digits()``, 4,300 digits by default): longer ones
+    raise ``JSONDecodeError``, as ``json.loads`` raises ValueError (the guard
+    against quadratic-time conversion; ``sys.set_int_max_str_digits()`` raises
+    it, and ``dumps`` follows the same limit). Numbers with a fraction or exponent become floats
     rounded exactly as ``float()`` rounds them (so ``1e400`` is ``inf``), strings
     become str (all JSON escapes; an escaped lone surrogate is kept, as json.loads
     keeps it), the last of duplicate keys wins. Invalid JSON, invalid UTF-8, a

@@ -564,3 +564,28 @@ def test_threads_encode_and_decode_concurrently():
     finally:
         sys.setswitchinterval(old)
     assert not failures, failures[:5]
+
+
+def test_big_ints_follow_the_interpreters_digit_limit():
+    """Regression (docs vs behaviour): the docs promised ints "exact at any
+    size", but, as json.loads, integers past sys.get_int_max_str_digits()
+    digits are refused; the docs now say so, and the limit is the one the
+    interpreter is configured with."""
+    import json as std
+    import sys
+
+    limit = sys.get_int_max_str_digits()
+    ok = b"7" * limit
+    assert sjson.loads(ok) == std.loads(ok) == int(ok)
+    with pytest.raises(ValueError):
+        std.loads(b"7" * (limit + 1))
+    with pytest.raises(sjson.JSONDecodeError, match="Exceeds the limit"):
+        sjson.loads(b"7" * (limit + 1))
+    with pytest.raises(ValueError, match="Exceeds the limit"):
+        sjson.dumps(int(b"7" * limit) * 10)
+    sys.set_int_max_str_digits(limit * 2)
+    try:
+        assert sjson.loads(b"7" * (limit + 1)) == int("7" * (limit + 1))
+    finally:
+        sys.set_int_max_str_digits(limit)
+    assert "sys.get_int_max_str_digits()" in sjson.__doc__
