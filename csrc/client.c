@@ -301,6 +301,18 @@ conn_dealloc(sb_client *self)
 
 /* ---- publish ----------------------------------------------------------- */
 
+/* ValueError "invalid topic '<t>': <why>"; returns -1. */
+static int
+bad_topic(const char *t, Py_ssize_t len, const char *why)
+{
+    PyObject *shown = PyUnicode_DecodeUTF8(t, len, "replace");
+    if (shown != NULL) {
+        PyErr_Format(PyExc_ValueError, "invalid topic %R: %s", shown, why);
+        Py_DECREF(shown);
+    }
+    return -1;
+}
+
 /* Validate a topic name for publishing; returns 0 or -1 with ValueError. */
 static int
 check_pub_topic(const char *t, Py_ssize_t len)
@@ -313,16 +325,15 @@ check_pub_topic(const char *t, Py_ssize_t len)
         PyErr_SetString(PyExc_ValueError, "invalid topic: longer than 65535 UTF-8 bytes");
         return -1;
     }
-    if (memchr(t, '+', (size_t)len) || memchr(t, '#', (size_t)len)) {
-        PyErr_Format(PyExc_ValueError,
-                     "invalid topic %R: wildcards '+' and '#' are only allowed when subscribing",
-                     PyUnicode_DecodeUTF8(t, len, "replace"));
-        return -1;
-    }
+    if (memchr(t, '+', (size_t)len) || memchr(t, '#', (size_t)len))
+        return bad_topic(t, len, "wildcards '+' and '#' are only allowed when subscribing");
     if (memchr(t, '\0', (size_t)len)) {
         PyErr_SetString(PyExc_ValueError, "invalid topic: contains a NUL character");
         return -1;
     }
+    if (sb_topic_control_char(t, len) >= 0)
+        return bad_topic(t, len, "it contains a control character, which MQTT topics should not hold "
+                                 "(mosquitto drops the connection of a client that sends one)");
     return 0;
 }
 

@@ -333,4 +333,9 @@ extern PyType_Spec sb_filtertrie_spec;
  * the object (valid while it lives).  -1 with TypeError otherwise. */
 int sb_topic_bytes(PyObject *o, const char *what, const char **s, Py_ssize_t *len);
 
+/* The first control character (U+0001-U+001F, U+007F-U+009F) in UTF-8 text,
+ * or -1.  MQTT says topics SHOULD NOT hold them; mosquitto drops a client
+ * that sends one, so we refuse them with a clear error instead. */
+long sb_topic_control_char(const char *s, Py_ssize_t len);
+
 #endif /* SB_H */

@@ -129,7 +129,23 @@ bad_value_reason(const char *s, Py_ssize_t len)
         default: break;
         }
     }
+    if (why == NULL && sb_topic_control_char(s, len) >= 0)
+        why = "it contains a control character (mosquitto drops a client that sends one)";
     return why;
+}
+
+long
+sb_topic_control_char(const char *s, Py_ssize_t len)
+{
+    Py_ssize_t i;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 0x01 && c <= 0x1F) || c == 0x7F)
+            return c;
+        if (c == 0xC2 && i + 1 < len && (unsigned char)s[i + 1] >= 0x80 && (unsigned char)s[i + 1] <= 0x9F)
+            return (unsigned char)s[i + 1];     /* U+0080-U+009F in UTF-8 */
+    }
+    return -1;
 }
 
 static int

@@ -59,7 +59,7 @@ from .errors import (
     ConnectError, ConnectionLostError, NotConnectedError,
     ProtocolError, PublishError, TimeoutError,
 )
-from .matcher import TopicMatcher, topic_matches_sub, validate_topic_filter  # noqa: F401
+from .matcher import TopicMatcher, topic_matches_sub, validate_topic_filter, validate_topic_name  # noqa: F401
 from .packettypes import PacketTypes
 from .properties import Properties
 from .reasoncodes import ReasonCode, reason_code_from_int
@@ -453,6 +453,7 @@ class Client:
                  properties: Optional[Properties] = None) -> None:
         if not isinstance(topic, str) or not topic or "+" in topic or "#" in topic:
             raise ValueError(f"invalid will topic {topic!r}: must be a non-empty topic without wildcards")
+        validate_topic_name(topic)     # NUL, control characters, length
         if qos not in (0, 1, 2):
             raise ValueError(f"invalid will QoS {qos!r}: must be 0, 1 or 2")
         self._engine.will = (topic, _encode_payload(payload), qos, bool(retain))

@@ -79,6 +79,10 @@ def _check_common(text: str, what: str) -> None:
         raise ValueError(f"{what} must not be empty")
     if "\x00" in text:
         raise ValueError(f"{what} {text!r} contains a NUL character, which MQTT forbids")
+    bad = next((c for c in text if "\x01" <= c <= "\x1f" or "\x7f" <= c <= "\x9f"), None)
+    if bad is not None:
+        raise ValueError(f"{what} {text!r} contains the control character U+{ord(bad):04X}, which MQTT "
+                         "topics should not hold (mosquitto drops the connection of a client that sends one)")
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:

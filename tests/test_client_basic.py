@@ -1273,3 +1273,21 @@ def test_empty_client_id_is_sent_empty_and_the_broker_assigns_one(fresh_broker, 
     c.connect(fresh_broker.url("tcp"))
     roundtrip(c, unique_topic + "anon")
     assert " as auto-" in fresh_broker.log()      # mosquitto's name for an id it assigned
+
+
+@pytest.mark.parametrize("bad", ["a\x01b", "t/\x1f", "x\x7fy", "c1/\x85"])
+def test_control_characters_in_topics_are_refused(broker, make_client, bad):
+    """Regression: topics with control characters passed our checks and
+    mosquitto then dropped the connection; now they are refused up front,
+    publishing and subscribing, and as SERMAS topic parameters."""
+    import sermas_bus.topics as topics
+    c = make_client()
+    c.connect(broker.host, broker.port)
+    with pytest.raises(ValueError, match="control character"):
+        c.publish(bad, b"x")
+    with pytest.raises(ValueError, match="control character"):
+        c.subscribe(bad)
+    with pytest.raises(ValueError, match="control character"):
+        topics.render("dialogue.messages", {"appId": "a", "sessionId": bad.replace("/", "")})
+    assert c.is_connected()
+    assert c.publish("t/ok\u00e9", b"x", qos=1).wait_for_publish(5) is None
