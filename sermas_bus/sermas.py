@@ -17,6 +17,7 @@ connection to the new token without losing an event (QoS 0 included: see
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import queue as _queue
@@ -54,6 +55,17 @@ def broker_url_for(base_url: str) -> str:
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     port = f":{parts.port}" if parts.port else ""
     return f"{'wss' if parts.scheme == 'https' else 'ws'}://{host}{port}/mqtt"
+
+
+def _fields_of(payload: Any) -> Optional[Dict[str, Any]]:
+    """What topic parameters are read from: a dict as it is, a dataclass
+    instance as the dict it is encoded as (nested dataclasses too: record,
+    task), anything else nothing."""
+    if isinstance(payload, dict):
+        return payload
+    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+        return dataclasses.asdict(payload)
+    return None
 
 
 class Message:
@@ -447,8 +459,10 @@ class SermasClient:
         return result
 
     def topic(self, target: str, payload: Any = None, subscribe: bool = False, **params: Any) -> str:
-        """The concrete topic (or filter) for a name, template or topic."""
-        return _topics.render(target, params or None, payload if isinstance(payload, dict) else None,
+        """The concrete topic (or filter) for a name, template or topic; the
+        payload's fields fill parameters when it is a dict or a dataclass
+        (the JSON encoder sends a dataclass as the object of its fields)."""
+        return _topics.render(target, params or None, _fields_of(payload),
                               defaults=self._defaults, subscribe=subscribe)
 
     # ---- publish ----------------------------------------------------------------

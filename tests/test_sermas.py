@@ -299,3 +299,28 @@ def test_rest_errors_are_clear(tokens):
 def test_package_exports():
     assert sermas_bus.SermasClient is SermasClient
     assert hasattr(sermas_bus, "json") and hasattr(sermas_bus, "topics")
+
+
+def test_topic_parameters_come_from_dataclass_payloads(broker):
+    """Regression: the JSON encoder sends a dataclass as the object of its
+    fields, but topic parameters were read from dict payloads only, so
+    publishing a dataclass event failed with 'missing parameter'."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Record:
+        sessionId: str
+
+    @dataclasses.dataclass
+    class Changed:
+        appId: str
+        record: Record
+        operation: str = "updated"
+
+    got = []
+    with _bus(broker) as bus, _bus(broker) as pub:
+        bus.subscribe("session.sessionChanged", lambda e, m: got.append((m.params["sessionId"], e)))
+        time.sleep(0.2)
+        pub.publish("session.sessionChanged", Changed(APP, Record("s9"))).wait_for_publish(5)
+        assert _wait(lambda: got)
+    assert got == [("s9", {"appId": APP, "record": {"sessionId": "s9"}, "operation": "updated"})]
