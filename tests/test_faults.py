@@ -151,3 +151,55 @@ def test_cut_connection_both_faces_both_transports(fresh_broker, make_client, un
             _assert_all_arrived(inbox, n)
         finally:
             close()
+
+
+def _rss_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.timeout(180)
+def test_consumer_slower_than_the_producer_for_a_minute(make_client, unique_topic):
+    """1,000 QoS 1 msg/s in, 800/s consumed, for 60 s: the client's inbound
+    queue (queue_max) holds the loop back, paho stops reading, the broker
+    holds the backlog (configured without a queue limit, as a platform broker
+    for such a consumer would be); our memory stays flat and nothing is lost."""
+    from sermas_bus.testing import Mosquitto
+    topic = unique_topic + "slow"
+    with Mosquitto(tcp=True, websockets=False, log_type="warning",
+                   extra_conf="max_queued_messages 0\n") as broker:
+        got = []
+
+        def slow(client, userdata, msg):
+            got.append(int(msg.payload))
+            time.sleep(1 / 800)
+
+        sub = make_client(queue_max=1000)
+        sub.on_message = slow
+        sub.connect(broker.host, broker.port)
+        sub.subscribe(topic, 1)
+        sub.loop_start()
+        pub = make_client()
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+        n = 60 * RATE
+        stream = _stream(lambda i: pub.publish(topic, str(i), 1), n)
+        time.sleep(10)
+        rss_early = _rss_kib()
+        backlog_early = n and (10 * RATE - len(got))
+        stream.join(90)
+        assert not stream.is_alive(), "the producer was held back"
+        rss_late = _rss_kib()
+        assert pub.flush(30)
+        assert sub.stats()["queued"] <= 1000 + 1024, sub.stats()
+        deadline = time.monotonic() + 60
+        while len(got) < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        lost = sorted(set(range(n)) - set(got))
+        print(f"slow consumer: {n} messages, backlog after 10 s {backlog_early}, "
+              f"RSS {rss_early} -> {rss_late} KiB, lost {len(lost)}")
+        assert not lost, f"{len(lost)} lost, e.g. {lost[:10]}"
+        assert rss_late - rss_early < 20 * 1024, "memory grew with the backlog"
