@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 
-.PHONY: test demo bench docs deps venv install clean asan-test
+.PHONY: test demo bench docs deps venv install clean asan-test fuzz
 
 deps:
 	@PYTHON=$(PYTHON) scripts/ensure-system-deps.sh
@@ -49,3 +49,15 @@ asan-test: install
 	cd $(ASAN_DIR) && LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
 		PYTHONPATH=$(ASAN_DIR) $(abspath $(VPY)) -m pytest -p no:sermas_bus -p no:cacheprovider \
 		tests/test_client_basic.py tests/test_client_reliability.py tests/test_outbox.py tests/test_json.py tests/test_topics.py tests/test_sermas.py
+
+# libFuzzer harnesses (clang): each runs FUZZ_SECONDS from its committed seed
+# corpus (fuzz/corpus/<name>), new units kept in build/fuzz/corpus-<name>.
+# A short run of each is part of `make test` (tests/test_fuzz.py).
+FUZZ_SECONDS ?= 60
+FUZZ_DIR ?= build/fuzz
+fuzz: deps
+	@mkdir -p $(FUZZ_DIR)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		fuzz/fuzz_jwt.c -o $(FUZZ_DIR)/fuzz_jwt -lcrypto -lcjson
+	@mkdir -p $(FUZZ_DIR)/corpus-jwt && cp -n fuzz/corpus/jwt/* $(FUZZ_DIR)/corpus-jwt/
+	$(FUZZ_DIR)/fuzz_jwt -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_DIR)/corpus-jwt

@@ -2,13 +2,14 @@
 # Install the Debian packages sermas_bus needs to build and test, only if missing.
 # Used by `make test` / `make demo` on a fresh Debian machine (root or sudo).
 # mosquitto-dev + libssl-dev: the LocalBus plugin (plugin/sermas_jwt_auth.c).
+# clang + libclang-rt-14-dev: the libFuzzer harnesses (fuzz/, make fuzz, tests/test_fuzz.py).
 # rabbitmq-server + nats-server: the interoperability tests (tests/test_interop.py)
 # start private instances on free loopback ports; the system services they
 # install are left alone.
 set -euo pipefail
 
 pkgs=(gcc libpaho-mqtt-dev libcjson-dev mosquitto mosquitto-dev libssl-dev openssl
-      rabbitmq-server nats-server)
+      rabbitmq-server nats-server clang libclang-rt-14-dev)
 py=${PYTHON:-python3}
 # Debian's own python3 needs its headers and venv; a pyenv/conda Python has them
 if [ "$(command -v "$py")" = /usr/bin/python3 ] || ! command -v "$py" >/dev/null; then
