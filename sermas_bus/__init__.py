@@ -10,7 +10,20 @@
 - ``sermas_bus.testing``: a local mosquitto for tests and notebooks;
   ``sermas_bus.tokens``: a local token endpoint.
 """
-from . import _core
+try:
+    from . import _core
+except ImportError as _exc:   # say what to run, not "partially initialized module"
+    import glob as _glob
+    import os as _os
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    if not _glob.glob(_os.path.join(_here, "_core*.so")):
+        raise ImportError(
+            f"sermas_bus's C extension (sermas_bus._core) is not built in {_here}: in a source tree run "
+            "`make install` (or `python setup.py build_ext --inplace`), or install the package with pip; "
+            "building needs the Debian packages libpaho-mqtt-dev, libcjson-dev and a C compiler") from _exc
+    raise ImportError(
+        f"sermas_bus's C extension could not be loaded ({_exc}); is paho.mqtt.c installed "
+        "(Debian: libpaho-mqtt1.3) and was the extension built for this Python?") from _exc
 from . import errors  # noqa: F401
 from . import json  # noqa: F401
 from . import topics  # noqa: F401
