@@ -5,7 +5,10 @@ Metadata lives in pyproject.toml; this file only declares the extensions and
 finds the libraries:
   1. directories from PAHO_MQTT_C_DIR / CJSON_DIR / MOSQUITTO_DIR / OPENSSL_DIR
      (each with include/ and lib/),
-  2. the compiler's default search paths (Debian: libpaho-mqtt-dev, libcjson-dev,
+  2. what pkg-config says, for the libraries that ship a .pc file (cJSON:
+     libcjson, OpenSSL: libcrypto; paho.mqtt.c's CMake install: eclipse-paho-mqtt-c;
+     Debian ships none for paho.mqtt.c and the mosquitto plugin headers),
+  3. the compiler's default search paths (Debian: libpaho-mqtt-dev, libcjson-dev,
      mosquitto-dev, libssl-dev),
 and stops with a message naming the packages to install when paho.mqtt.c or
 cJSON is missing.
@@ -20,6 +23,8 @@ Knobs: SERMAS_BUS_DEBUG=1 (-O0 -g, asserts on), SERMAS_BUS_SANITIZE=1 (ASan/UBSa
 SERMAS_BUS_WERROR=0/1 (warnings as errors; on by default in a git checkout).
 """
 import os
+import shutil
+import subprocess
 import sys
 import sysconfig
 
@@ -27,6 +32,10 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 PLUGIN = "sermas_bus._sermas_jwt_auth"
+# pkg-config names, tried in order
+PAHO_PC = ("eclipse-paho-mqtt-c", "paho-mqtt3cs")
+CJSON_PC = ("libcjson",)
+OPENSSL_PC = ("libcrypto", "openssl")
 
 MISSING_HELP = (
     "sermas_bus: {what} not found.\n"
@@ -36,10 +45,35 @@ MISSING_HELP = (
 )
 
 
-def _candidate_dirs(env, sub):
+# the C sources of sermas_bus._core, one concern each (csrc/sb.h lists them)
+CORE_SOURCES = ["callbacks.c", "client.c", "connect.c", "errors.c", "filtertrie.c", "info.c", "json.c",
+                "keeper.c", "message.c", "module.c", "outbox.c", "properties.c", "queue.c", "request.c",
+                "segmap.c", "sockopt.c", "topics.c"]
+
+
+def _pkg_config_dirs(packages, sub):
+    """The -I (sub "include") or -L (sub "lib") directories of the first of
+    ``packages`` pkg-config knows; [] when it knows none (or is missing)."""
+    exe = shutil.which(os.environ.get("PKG_CONFIG", "pkg-config"))
+    if exe is None:
+        return []
+    flag, prefix = ("--cflags-only-I", "-I") if sub == "include" else ("--libs-only-L", "-L")
+    for pkg in packages:
+        try:
+            out = subprocess.run([exe, flag, pkg], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 universal_newlines=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return []
+        if out.returncode == 0:
+            return [t[len(prefix):] for t in out.stdout.split() if t.startswith(prefix)]
+    return []
+
+
+def _candidate_dirs(env, sub, packages=()):
     dirs = []
     if os.environ.get(env):
         dirs.append(os.path.join(os.environ[env], sub))
+    dirs += _pkg_config_dirs(packages, sub)
     multiarch = sysconfig.get_config_var("MULTIARCH") or ""
     if sub == "include":
         dirs += ["/usr/local/include", "/usr/include"]
@@ -52,8 +86,8 @@ def _candidate_dirs(env, sub):
     return dirs
 
 
-def _find(env, sub, names):
-    for d in _candidate_dirs(env, sub):
+def _find(env, sub, names, packages=()):
+    for d in _candidate_dirs(env, sub, packages):
         for n in names:
             if os.path.exists(os.path.join(d, n)):
                 return d
@@ -61,10 +95,10 @@ def _find(env, sub, names):
 
 
 def _extension():
-    paho_inc = _find("PAHO_MQTT_C_DIR", "include", ["MQTTClient.h"])
-    paho_lib = _find("PAHO_MQTT_C_DIR", "lib", ["libpaho-mqtt3cs.so", "libpaho-mqtt3cs.dylib"])
-    cjson_inc = _find("CJSON_DIR", "include", ["cjson/cJSON.h"])
-    cjson_lib = _find("CJSON_DIR", "lib", ["libcjson.so", "libcjson.dylib"])
+    paho_inc = _find("PAHO_MQTT_C_DIR", "include", ["MQTTClient.h"], PAHO_PC)
+    paho_lib = _find("PAHO_MQTT_C_DIR", "lib", ["libpaho-mqtt3cs.so", "libpaho-mqtt3cs.dylib"], PAHO_PC)
+    cjson_inc = _find("CJSON_DIR", "include", ["cjson/cJSON.h"], CJSON_PC)
+    cjson_lib = _find("CJSON_DIR", "lib", ["libcjson.so", "libcjson.dylib"], CJSON_PC)
     building = _building()
     for what, found in (
         ("paho.mqtt.c headers (MQTTClient.h)", paho_inc),
@@ -87,7 +121,7 @@ def _extension():
     if os.environ.get("SERMAS_BUS_SANITIZE"):
         extra_compile += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
         extra_link += ["-fsanitize=address,undefined"]
-    sources = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".c"))
+    sources = [os.path.join("csrc", f) for f in CORE_SOURCES]
     return Extension(
         "sermas_bus._core",
         sources=sources,
@@ -120,10 +154,10 @@ def _plugin_extension():
     mosq_inc = _find("MOSQUITTO_DIR", "include", ["mosquitto_broker.h"])
     if mosq_inc and not os.path.exists(os.path.join(mosq_inc, "mosquitto_plugin.h")):
         mosq_inc = None
-    ssl_inc = _find("OPENSSL_DIR", "include", ["openssl/hmac.h"])
-    crypto_lib = _find("OPENSSL_DIR", "lib", ["libcrypto.so", "libcrypto.dylib"])
-    cjson_inc = _find("CJSON_DIR", "include", ["cjson/cJSON.h"])
-    cjson_lib = _find("CJSON_DIR", "lib", ["libcjson.so", "libcjson.dylib"])
+    ssl_inc = _find("OPENSSL_DIR", "include", ["openssl/hmac.h"], OPENSSL_PC)
+    crypto_lib = _find("OPENSSL_DIR", "lib", ["libcrypto.so", "libcrypto.dylib"], OPENSSL_PC)
+    cjson_inc = _find("CJSON_DIR", "include", ["cjson/cJSON.h"], CJSON_PC)
+    cjson_lib = _find("CJSON_DIR", "lib", ["libcjson.so", "libcjson.dylib"], CJSON_PC)
     missing = [what for what, found in (
         ("mosquitto plugin headers (mosquitto_broker.h, mosquitto_plugin.h: Debian mosquitto-dev)", mosq_inc),
         ("OpenSSL headers (openssl/hmac.h: Debian libssl-dev)", ssl_inc),

@@ -71,3 +71,13 @@ def test_gilstate_pairs_balanced():
     for path in CSRC.glob("*.c"):
         text = _strip_comments(path.read_text())
         assert text.count("PyGILState_Ensure") == text.count("PyGILState_Release"), path.name
+
+
+def test_setup_lists_every_core_source():
+    """setup.py names the C sources explicitly: a new file must be added there."""
+    import ast
+    tree = ast.parse((CSRC.parent / "setup.py").read_text())
+    listed = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", None) == "CORE_SOURCES" for t in node.targets))
+    names = sorted(ast.literal_eval(listed))
+    assert names == sorted(p.name for p in CSRC.glob("*.c"))
