@@ -73,7 +73,9 @@ def _candidate_dirs(env, sub, packages=()):
     dirs = []
     if os.environ.get(env):
         dirs.append(os.path.join(os.environ[env], sub))
-    dirs += _pkg_config_dirs(packages, sub)
+    for d in _pkg_config_dirs(packages, sub):
+        # libcjson.pc says -I/usr/include/cjson; we include <cjson/cJSON.h>
+        dirs += [d, os.path.dirname(d)] if sub == "include" else [d]
     multiarch = sysconfig.get_config_var("MULTIARCH") or ""
     if sub == "include":
         dirs += ["/usr/local/include", "/usr/include"]
