@@ -157,15 +157,6 @@ class TokenServer:
             return 401, {"message": "invalid client credentials"}
         return 200, self.issue(key[0], key[1], "client")
 
-    def _bearer_ok(self, authorization: Optional[str]) -> bool:
-        if not authorization or not authorization.startswith("Bearer "):
-            return False
-        try:
-            verify_jwt(authorization[len("Bearer "):], self.secret)
-        except ValueError:
-            return False
-        return True
-
     def _use_refresh_token(self, body: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
         with self._lock:
             known = self._refresh.pop(str(body.get("refreshToken", "")), None)
@@ -206,8 +197,7 @@ class TokenServer:
             if path == "/api/platorm/topics/user":
                 return 200, {"resources": self._tree(bearer.get("permissions"))}
             app_id, client_id = parts[3], parts[5]
-            known = {(a, c) for a, c in self.clients}
-            if (app_id, client_id) not in known:
+            if (app_id, client_id) not in self.clients:
                 return 404, {"message": "client not found", "statusCode": 404}
             permissions = self.claims.get(("client", app_id, client_id), {}).get("permissions")
             return 200, [t for names in self.topics.values() for t in names.values()
@@ -222,7 +212,7 @@ class TokenServer:
         if path in ("/api/platform/token/access_token", "/api/platform/token"):
             return self._client_token(body)
         if path in ("/api/platform/token/refresh_token", "/api/platform/token/refresh"):
-            if not self._bearer_ok(authorization):
+            if self._bearer_claims(authorization) is None:
                 return 401, {"message": "Unauthorized", "statusCode": 401}
             if not body.get("refreshToken") and body.get("clientSecret"):
                 return self._client_token(body)
