@@ -47,8 +47,8 @@ MISSING_HELP = (
 
 # the C sources of sermas_bus._core, one concern each (csrc/sb.h lists them)
 CORE_SOURCES = ["callbacks.c", "client.c", "connect.c", "errors.c", "filtertrie.c", "info.c", "json.c",
-                "keeper.c", "message.c", "module.c", "outbox.c", "properties.c", "queue.c", "request.c",
-                "segmap.c", "sockopt.c", "topics.c"]
+                "keeper.c", "message.c", "module.c", "outbox.c", "outbox_store.c", "properties.c", "queue.c",
+                "request.c", "segmap.c", "sockopt.c", "store.c", "topics.c"]
 
 
 def _pkg_config_dirs(packages, sub):
@@ -127,10 +127,11 @@ def _extension():
     return Extension(
         "sermas_bus._core",
         sources=sources,
-        depends=[os.path.join("csrc", "sb.h")],
+        depends=[os.path.join("csrc", h) for h in ("sb.h", "store.h", "keeper.h")],
         include_dirs=[d for d in {paho_inc, cjson_inc} if d],
         library_dirs=[d for d in {paho_lib, cjson_lib} if d],
-        libraries=["paho-mqtt3cs", "cjson", "pthread"],
+        # zlib: the CRC-32 of the durable outbox's records (store.c)
+        libraries=["paho-mqtt3cs", "cjson", "z", "pthread"],
         extra_compile_args=extra_compile,
         extra_link_args=extra_link,
         undef_macros=undef,

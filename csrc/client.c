@@ -245,8 +245,13 @@ conn_close_impl(sb_client *self)
                 MQTTClient_disconnect(h, 0);
             sb_destroy_handle_nogil(self);
         }
+        /* paho is done with the store: what is buffered goes to the file,
+         * the lock is released (file I/O: no GIL) */
+        sb_outbox_store_close_nogil(self, 1);
         Py_END_ALLOW_THREADS
     }
+    else
+        sb_outbox_store_close_nogil(self, 0);   /* the parent's files: only forget */
     self->handle = NULL;   /* after fork: forget, never destroy (paho's state is the parent's) */
     sb_queue_clear(self);
     pthread_mutex_lock(&self->mu);
@@ -506,18 +511,53 @@ pub_args_parse(sb_client *self, sb_state *st, PyObject *const *args, Py_ssize_t 
 
 /* What one publish became. */
 typedef struct {
-    int rc;           /* MQTT_ERR_* for the info object, or -1: raise paho_rc */
+    int rc;           /* MQTT_ERR_* for the info object, -1: raise paho_rc, or PUB_STORE_* */
     int paho_rc;
     int mid;
     sb_out *out;      /* a reference for the info object, or NULL */
+    int stored;       /* appended to the durable store: commit before returning */
+    int store_rc;     /* the commit's SB_STORE_* */
+    char store_err[600];
 } pub_result;
 
-/* Accept a record into the outbox's books (bound checked); mu held. */
+/* publish() refusals of the durable store (pub_result.rc) */
+#define PUB_STORE_FULL (-100)
+#define PUB_STORE_IO (-101)
+
+/* Append an accepted QoS>0 record to the durable store (it gets the next
+ * seq).  0, or a pub_result.rc refusal.  mu held. */
 static int
-accept_record_locked(sb_client *self, sb_out *o, int mid)
+store_record_locked(sb_client *self, sb_out *o, pub_result *r)
 {
+    unsigned char *props = NULL;
+    uint32_t props_len = 0;
+    int rc;
+    if (o->has_props && sb_props_pack(&o->props, &props, &props_len) < 0)
+        return MQTT_ERR_NOMEM;
+    rc = sb_store_accept(self->store, self->pub_seq + 1, o->qos, o->retain, o->topic,
+                         (uint32_t)o->topic_len, o->payload, (uint32_t)o->len, props, props_len);
+    PyMem_RawFree(props);
+    if (rc == SB_STORE_E_FULL)
+        return PUB_STORE_FULL;
+    if (rc == SB_STORE_E_IO)
+        return PUB_STORE_IO;
+    if (rc != SB_STORE_OK)
+        return MQTT_ERR_NOMEM;
+    r->stored = 1;
+    self->store_users++;     /* until the commit: close() waits for it */
+    return MQTT_ERR_SUCCESS;
+}
+
+/* Accept a record into the outbox's books (bound checked) and, with
+ * persistence, into the store; mu held. */
+static int
+accept_record_locked(sb_client *self, sb_out *o, int mid, pub_result *r)
+{
+    int rc;
     if (self->ob_max > 0 && self->ob_count >= self->ob_max)
         return MQTT_ERR_QUEUE_SIZE;     /* as paho: never a silent drop */
+    if (self->store != NULL && o->qos > 0 && (rc = store_record_locked(self, o, r)) != MQTT_ERR_SUCCESS)
+        return rc;
     o->mid = mid;
     o->seq = ++self->pub_seq;
     o->refs++;                          /* the info object's */
@@ -565,7 +605,8 @@ publish_direct_nogil(sb_client *self, pub_args *a, sb_out *o, pub_result *r)
     self->sending++;
     pthread_mutex_unlock(&self->mu);
     paho_rc = sb_paho_publish_nogil(self, a->topic, (int)a->buf.len, a->buf.buf, a->qos, a->retain,
-                                    self->mqtt_version >= MQTTVERSION_5 ? &a->props : NULL, &token);
+                                    self->mqtt_version >= MQTTVERSION_5 ? &a->props : NULL,
+                                    o != NULL ? o->seq : 0, &token);
     pthread_mutex_lock(&self->mu);
     self->sending--;
     sb_handle_release_locked(self);
@@ -585,6 +626,7 @@ publish_direct_nogil(sb_client *self, pub_args *a, sb_out *o, pub_result *r)
     /* paho refused the message itself */
     if (o != NULL) {
         o->state = SB_PUB_FAILED;
+        sb_outbox_settled_without_paho_locked(self, o);
         self->ob_count--;
         sb_out_release_locked(o);            /* the outbox's */
     }
@@ -617,7 +659,7 @@ publish_submit_nogil(sb_client *self, pub_args *a, pub_result *r)
         r->rc = MQTT_ERR_NO_CONN;
         goto drop;
     }
-    if (o != NULL && (r->rc = accept_record_locked(self, o, r->mid)) != MQTT_ERR_SUCCESS)
+    if (o != NULL && (r->rc = accept_record_locked(self, o, r->mid, r)) != MQTT_ERR_SUCCESS)
         goto drop;
     /* direct: QoS 0 whenever connected; QoS>0 only with nothing queued ahead
      * of it (order), else it joins the queue the flusher drains */
@@ -645,7 +687,7 @@ publish_submit_nogil(sb_client *self, pub_args *a, pub_result *r)
             pthread_mutex_unlock(&self->mu);
             return;
         }
-        if ((r->rc = accept_record_locked(self, o, r->mid)) != MQTT_ERR_SUCCESS)
+        if ((r->rc = accept_record_locked(self, o, r->mid, r)) != MQTT_ERR_SUCCESS)
             goto drop;
     }
     sb_outbox_enqueue_locked(self, o);
@@ -659,6 +701,38 @@ drop:
     if (o != NULL)
         sb_out_release_locked(o);   /* never accepted: its only reference */
     pthread_mutex_unlock(&self->mu);
+}
+
+/* What publish() accepted is in the store before it returns: written to
+ * the OS, or fdatasync'ed (persistence_sync).  GIL not held: it may wait for
+ * a group fdatasync. */
+static void
+publish_commit_nogil(sb_client *self, pub_result *r)
+{
+    r->store_rc = sb_store_commit(self->store, r->store_err, sizeof r->store_err);
+    pthread_mutex_lock(&self->mu);
+    if (--self->store_users == 0)
+        pthread_cond_broadcast(&self->pub_cv);
+    pthread_mutex_unlock(&self->mu);
+}
+
+static void
+raise_store_refusal(sb_client *self, sb_state *st, int rc)
+{
+    sb_store_stats ss;
+    if (rc == PUB_STORE_IO) {
+        PyErr_SetString(st->PersistenceError,
+                        "publish refused: the outbox store failed earlier and cannot keep messages "
+                        "(see the first PersistenceError); fix the directory and open the client again");
+        return;
+    }
+    sb_store_get_stats(self->store, &ss);
+    PyErr_Format(st->PersistenceFullError,
+                 "publish refused: the outbox store is full (%llu of its max_bytes %llu hold %llu "
+                 "messages the broker has not acknowledged); wait for the connection (flush()) or "
+                 "raise persistence_max_bytes",
+                 (unsigned long long)ss.live_bytes, (unsigned long long)ss.max_bytes,
+                 (unsigned long long)ss.messages);
 }
 
 static PyObject *
@@ -679,13 +753,30 @@ conn_publish(sb_client *self, PyObject *const *args, Py_ssize_t nargs)
      * a.topic and a.buf stay valid: the caller's frame holds their objects. */
     Py_BEGIN_ALLOW_THREADS
     publish_submit_nogil(self, &a, &r);
+    if (r.stored)
+        publish_commit_nogil(self, &r);
     Py_END_ALLOW_THREADS
+    if (r.rc == PUB_STORE_FULL || r.rc == PUB_STORE_IO) {
+        raise_store_refusal(self, st, r.rc);
+        goto done;
+    }
     if (r.rc == -1) {
         sb_raise_rc(st, "publish", r.paho_rc);
         goto done;
     }
     if (r.rc == MQTT_ERR_NOMEM) {
         PyErr_NoMemory();
+        goto done;
+    }
+    if (r.store_rc != SB_STORE_OK) {
+        /* accepted and in the outbox (sent while this process lives), but
+         * the store could not keep it: say so rather than promise */
+        PyErr_SetString(st->PersistenceError, r.store_err);
+        if (r.out != NULL) {
+            pthread_mutex_lock(&self->mu);
+            sb_out_release_locked(r.out);
+            pthread_mutex_unlock(&self->mu);
+        }
         goto done;
     }
     result = sb_info_new(st, r.rc, r.mid, r.out, (PyObject *)self, a.topic_obj);
@@ -1093,6 +1184,9 @@ conn_stats(sb_client *self, PyObject *unused)
     Py_ssize_t qlen, qmax, outbox, outbox_max;
     unsigned inflight, window;
     int connected;
+    sb_store *store;
+    sb_store_stats ss;
+    PyObject *result;
     pthread_mutex_lock(&self->mu);
     in = self->messages_in;
     dropped = self->messages_dropped_on_close;
@@ -1104,12 +1198,25 @@ conn_stats(sb_client *self, PyObject *unused)
     connected = self->connected;
     outbox = self->ob_count;
     outbox_max = self->ob_max;
+    store = self->store;
+    if (store != NULL)
+        sb_store_get_stats(store, &ss);
     pthread_mutex_unlock(&self->mu);
-    return Py_BuildValue("{s:K,s:K,s:K,s:n,s:n,s:I,s:I,s:O,s:n,s:n}", "messages_in", in,
-                         "dropped_on_close", dropped, "producer_waits", waits, "queued", qlen,
-                         "queue_max", qmax, "inflight", inflight, "window", window,
-                         "connected", connected ? Py_True : Py_False,
-                         "outbox", outbox, "outbox_max", outbox_max);
+    result = Py_BuildValue("{s:K,s:K,s:K,s:n,s:n,s:I,s:I,s:O,s:n,s:n}", "messages_in", in,
+                           "dropped_on_close", dropped, "producer_waits", waits, "queued", qlen,
+                           "queue_max", qmax, "inflight", inflight, "window", window,
+                           "connected", connected ? Py_True : Py_False,
+                           "outbox", outbox, "outbox_max", outbox_max);
+    if (result != NULL && store != NULL) {
+        PyObject *d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "file_bytes", ss.file_bytes,
+                                    "live_bytes", ss.live_bytes, "max_bytes", ss.max_bytes,
+                                    "messages", ss.messages, "compactions", ss.compactions,
+                                    "writes", ss.writes, "syncs", ss.syncs);
+        if (d == NULL || PyDict_SetItemString(result, "store", d) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(d);
+    }
+    return result;
 }
 
 static PyMethodDef conn_methods[] = {
@@ -1153,6 +1260,10 @@ static PyMethodDef conn_methods[] = {
      "set_options($self, /, want_published=-1, queue_max=-1, spin_us=-1, nodelay=-1, max_queued=-1,"
      " queue_qos0=-1)\n--\n\n"
      "Tune the connection; -1 leaves a setting unchanged.  nodelay applies from the next connect."},
+    {"open_store", (PyCFunction)(void (*)(void))sb_conn_open_store, METH_VARARGS | METH_KEYWORDS,
+     "open_store($self, /, directory, sync=0, max_bytes=0)\n--\n\n"
+     "Make the outbox durable in directory (before the first connect or publish); "
+     "restores what a previous run left and returns what was found."},
     {"stats", (PyCFunction)conn_stats, METH_NOARGS, "stats($self, /)\n--\n\nCounters, for tests and tuning."},
     {NULL}
 };

@@ -391,8 +391,17 @@ recreate_handle_nogil(sb_client *self, const connect_request *r)
     sb_handle_drain_nogil(self);
     sb_destroy_handle_nogil(self);
     co.MQTTVersion = r->version;
-    rc = MQTTClient_createWithOptions(&self->handle, r->a.uris[0], self->client_id,
-                                      MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+    if (self->store != NULL) {
+        /* paho keeps its in-flight and inbound QoS 2 state in our store and
+         * restores it here; it cannot restore another version's records */
+        sb_store_keep_version(self->store, r->version >= MQTTVERSION_5);
+        sb_store_paho_interface(self->store, &self->store_iface);
+        rc = MQTTClient_createWithOptions(&self->handle, r->a.uris[0], self->client_id,
+                                          MQTTCLIENT_PERSISTENCE_USER, &self->store_iface, &co);
+    }
+    else
+        rc = MQTTClient_createWithOptions(&self->handle, r->a.uris[0], self->client_id,
+                                          MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
     if (rc == MQTTCLIENT_SUCCESS)
         rc = MQTTClient_setCallbacks(self->handle, self, sb_cb_connection_lost, sb_cb_message_arrived,
                                      sb_cb_delivery_complete);

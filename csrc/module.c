@@ -200,6 +200,12 @@ sb_exec(PyObject *mod)
             "A client created before fork() was used in the child.");
     ADD_EXC(ClosedError, "ClosedError", PyTuple_Pack(2, st->Error, PyExc_RuntimeError),
             "The client was closed.");
+    ADD_EXC(PersistenceError, "PersistenceError", PyTuple_Pack(2, st->Error, PyExc_OSError),
+            "The durable outbox (persistence=) could not be opened or written.");
+    ADD_EXC(PersistenceLockedError, "PersistenceLockedError", PyTuple_Pack(1, st->PersistenceError),
+            "The persistence directory is in use by another live client.");
+    ADD_EXC(PersistenceFullError, "PersistenceFullError", PyTuple_Pack(1, st->PersistenceError),
+            "The durable outbox holds its persistence_max_bytes of undelivered messages.");
 
     st->MessageType = (PyTypeObject *)PyType_FromModuleAndSpec(mod, &sb_message_spec, NULL);
     if (st->MessageType == NULL || PyModule_AddType(mod, st->MessageType) < 0)
@@ -246,6 +252,9 @@ sb_traverse(PyObject *mod, visitproc visit, void *arg)
     Py_VISIT(st->SubscribeError);
     Py_VISIT(st->ForkError);
     Py_VISIT(st->ClosedError);
+    Py_VISIT(st->PersistenceError);
+    Py_VISIT(st->PersistenceLockedError);
+    Py_VISIT(st->PersistenceFullError);
     Py_VISIT(st->properties_factory);
     return sb_json_traverse(st, visit, arg);
 }
@@ -274,6 +283,9 @@ sb_clear(PyObject *mod)
     Py_CLEAR(st->SubscribeError);
     Py_CLEAR(st->ForkError);
     Py_CLEAR(st->ClosedError);
+    Py_CLEAR(st->PersistenceError);
+    Py_CLEAR(st->PersistenceLockedError);
+    Py_CLEAR(st->PersistenceFullError);
     Py_CLEAR(st->properties_factory);
     sb_json_clear(st);
     return 0;

@@ -160,9 +160,10 @@ note_progress_locked(sb_client *c)
  * c->sending.  Returns paho's return code (MQTTCLIENT_SUCCESS or < 0). */
 int
 sb_paho_publish_nogil(sb_client *c, const char *topic, int len, const void *payload, int qos,
-                      int retain, MQTTProperties *props, int *token)
+                      int retain, MQTTProperties *props, uint64_t seq, int *token)
 {
-    int fd = c->sock_fd;
+    int fd = c->sock_fd, rc;
+    sb_store *store = qos > 0 ? c->store : NULL;
     /* every 64 publishes (or for a big one) make sure the kernel can take
      * the write now, so paho never finds a half-written packet and sleeps
      * 100 ms (the fd is only a hint: worst case a needless poll) */
@@ -171,17 +172,34 @@ sb_paho_publish_nogil(sb_client *c, const char *topic, int len, const void *payl
         sb_wait_writable(fd, 1000);
     }
     *token = 0;
+    /* the record paho stores for this PUBLISH (store.c) names our message,
+     * so a restart knows which accepted message paho had in flight */
+    if (store != NULL)
+        sb_store_publishing(store, seq);
     if (c->mqtt_version >= MQTTVERSION_5) {
         MQTTProperties empty = MQTTProperties_initializer;
         MQTTResponse resp = MQTTClient_publish5(c->handle, topic, len, payload, qos, retain,
                                                 props ? props : &empty, token);
         /* paho's return codes are negative; MQTTReasonCodes is an unsigned
          * enum, so compare as int (a "< 0" on the enum is always false) */
-        int rc = (int)resp.reasonCode;
+        rc = (int)resp.reasonCode;
         MQTTResponse_free(resp);
-        return rc < 0 ? rc : MQTTCLIENT_SUCCESS;
+        rc = rc < 0 ? rc : MQTTCLIENT_SUCCESS;
     }
-    return MQTTClient_publish(c->handle, topic, len, payload, qos, retain, token);
+    else
+        rc = MQTTClient_publish(c->handle, topic, len, payload, qos, retain, token);
+    if (store != NULL)
+        sb_store_publishing(store, 0);
+    return rc;
+}
+
+/* A record that ends without paho ever holding it (paho refused it): the
+ * durable store must not send it again after a restart.  mu held. */
+void
+sb_outbox_settled_without_paho_locked(sb_client *c, sb_out *o)
+{
+    if (c->store != NULL && o->qos > 0)
+        sb_store_done(c->store, o->seq);
 }
 
 /* paho took the record under message id token (PENDING), or the broker
@@ -392,7 +410,7 @@ flush_one_nogil(sb_client *c)
     pthread_mutex_unlock(&c->mu);
     rc = sb_paho_publish_nogil(c, o->topic, o->len, o->payload, o->qos, o->retain,
                                o->has_props && c->mqtt_version >= MQTTVERSION_5 ? &o->props : NULL,
-                               &token);
+                               o->seq, &token);
     pthread_mutex_lock(&c->mu);
     c->sending--;
     if (--c->handle_users == 0)
@@ -411,6 +429,7 @@ flush_one_nogil(sb_client *c)
          * validated): fail it rather than retry for ever */
         o->state = SB_PUB_FAILED;
         o->reason = 0x80;
+        sb_outbox_settled_without_paho_locked(c, o);
         c->ob_count--;
         sb_push_published_locked(c, o->mid, 0x80);
         sb_out_release_locked(o);

@@ -12,6 +12,8 @@
  *   errors.c      paho return codes and CONNACK reasons -> exceptions
  *   sockopt.c     TCP_NODELAY on paho's socket (paho has no option for it)
  *   outbox.c      publishes until acknowledged: records, queue, flusher thread
+ *   outbox_store.c the outbox made durable: open_store, restore, packed properties
+ *   store.c       the durable log and paho's persistence interface (plain C, store.h)
  *   keeper.c      keeps paho's receive thread alive and wakes it during connects
  *   json.c        JSON encoder/decoder for event payloads (GIL held throughout)
  *   segmap.c      hash map from one topic level to a trie node (pure C)
@@ -37,6 +39,8 @@
 #include <sys/types.h>
 
 #include <MQTTClient.h>
+
+#include "store.h"
 
 /* ---- module state ------------------------------------------------------ */
 
@@ -80,6 +84,9 @@ typedef struct {
     PyObject *SubscribeError;        /* subscribe/unsubscribe failed */
     PyObject *ForkError;             /* client used in a forked child */
     PyObject *ClosedError;           /* client already closed */
+    PyObject *PersistenceError;      /* the outbox store failed (also OSError) */
+    PyObject *PersistenceLockedError;/* the directory is another live client's */
+    PyObject *PersistenceFullError;  /* the store reached its max_bytes */
     PyObject *properties_factory;    /* callable(packet_type, pairs) set by Python */
     sb_json_state json;
 } sb_state;
@@ -197,6 +204,10 @@ typedef struct {
     int flusher_started;
     pthread_t flusher;
     pthread_cond_t ob_cv;       /* the flusher waits for work */
+    /* the durable store (outbox_store.c, store.c), NULL without persistence */
+    sb_store *store;
+    MQTTClient_persistence store_iface;   /* paho's view of it */
+    int store_users;            /* publishers between accept and commit */
     /* subscribe/unsubscribe requests (request.c) */
     int requests;               /* request threads inside paho */
     pthread_cond_t req_cv;      /* an answer came, or the connection went */
@@ -244,7 +255,14 @@ void sb_outbox_stop_flusher_nogil(sb_client *c);
 int sb_outbox_idle_locked(const sb_client *c);
 void sb_push_published_locked(sb_client *c, int mid, int reason);
 int sb_paho_publish_nogil(sb_client *c, const char *topic, int len, const void *payload, int qos,
-                          int retain, MQTTProperties *props, int *token);
+                          int retain, MQTTProperties *props, uint64_t seq, int *token);
+void sb_outbox_settled_without_paho_locked(sb_client *c, sb_out *o);
+
+/* outbox_store.c: the durable outbox */
+PyObject *sb_conn_open_store(sb_client *self, PyObject *args, PyObject *kw);
+void sb_outbox_store_close_nogil(sb_client *self, int owner);
+int sb_props_pack(const MQTTProperties *props, unsigned char **out, uint32_t *len);
+int sb_props_unpack(const unsigned char *b, uint32_t len, MQTTProperties *props);
 
 /* message.c */
 extern PyType_Spec sb_message_spec;

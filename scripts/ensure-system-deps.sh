@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages sermas_bus needs to build and test, only if missing.
 # Used by `make test` / `make demo` on a fresh Debian machine (root or sudo).
+# zlib1g-dev: CRC-32 of the durable outbox's records (csrc/store.c).
 # mosquitto-dev + libssl-dev: the LocalBus plugin (plugin/sermas_jwt_auth.c).
 # clang + libclang-rt-14-dev: the libFuzzer harnesses (fuzz/, make fuzz, tests/test_fuzz.py).
 # rabbitmq-server + nats-server: the interoperability tests (tests/test_interop.py)
@@ -8,7 +9,7 @@
 # install are left alone.
 set -euo pipefail
 
-pkgs=(gcc libpaho-mqtt-dev libcjson-dev mosquitto mosquitto-dev libssl-dev openssl
+pkgs=(gcc libpaho-mqtt-dev libcjson-dev zlib1g-dev mosquitto mosquitto-dev libssl-dev openssl
       rabbitmq-server nats-server clang libclang-rt-14-dev)
 py=${PYTHON:-python3}
 # Debian's own python3 needs its headers and venv; a pyenv/conda Python has them

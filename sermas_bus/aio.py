@@ -102,9 +102,12 @@ class AsyncClient:
                  transport: str = "tcp", reconnect_on_failure: bool = True, manual_ack: bool = False, *,
                  queue_max: int = 10000, spin_us: int = 0, host: Any = None, port: int = 1883,
                  keepalive: int = 60, clean_start: Any = MQTT_CLEAN_START_FIRST_ONLY, properties: Any = None,
-                 username: Optional[str] = None, password: Any = None):
+                 username: Optional[str] = None, password: Any = None, persistence: Any = None,
+                 persistence_sync: str = "write", persistence_max_bytes: Optional[int] = None):
         client = _AioClient(callback_api_version, client_id, clean_session, userdata, protocol, transport,
-                            reconnect_on_failure, manual_ack, queue_max=queue_max, spin_us=spin_us)
+                            reconnect_on_failure, manual_ack, queue_max=queue_max, spin_us=spin_us,
+                            persistence=persistence, persistence_sync=persistence_sync,
+                            persistence_max_bytes=persistence_max_bytes)
         client._aio = self
         client._conn.set_options(want_published=True)
         self._setup(client, client.close, queue_max)

@@ -36,7 +36,7 @@ import threading
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import _core
+from . import _core, _persistence
 from ._callbacks import Callback
 from ._engine import (  # noqa: F401  (MQTTv31 & co are paho.mqtt.client's names)
     MQTT_CLEAN_START_FIRST_ONLY, MQTTv31, MQTTv311, MQTTv5, Engine, fork_state,
@@ -204,7 +204,9 @@ class Client:
     def __init__(self, callback_api_version: Any = CallbackAPIVersion.VERSION1, client_id: Optional[str] = "",
                  clean_session: Optional[bool] = None, userdata: Any = None, protocol: Any = _AUTO,
                  transport: str = "tcp", reconnect_on_failure: bool = True, manual_ack: bool = False,
-                 *, queue_max: int = 10000, spin_us: int = 50, tcp_nodelay: bool = True):
+                 *, queue_max: int = 10000, spin_us: int = 50, tcp_nodelay: bool = True,
+                 persistence: Any = None, persistence_sync: str = "write",
+                 persistence_max_bytes: Optional[int] = None):
         if isinstance(callback_api_version, str):
             # paho 1.x style: Client("my-id", ...)
             callback_api_version, client_id = CallbackAPIVersion.VERSION1, callback_api_version
@@ -235,6 +237,14 @@ class Client:
         self._userdata = userdata
         self._transport = transport
         self._conn = _core.Connection(self._client_id, queue_max=queue_max)
+        #: what opening ``persistence`` found (restored messages, damage skipped); None without it
+        self.persistence_report: Optional[Dict[str, Any]] = None
+        if persistence is not None:
+            if client_id == "":
+                raise ValueError("persistence needs a client_id: the store and the broker's session "
+                                 "belong to one client id, the same at every start")
+            self.persistence_report = _persistence.open_store(self._conn, persistence, persistence_sync,
+                                                              persistence_max_bytes)
         # poll briefly before sleeping for the next message: measured RTT p50
         # 86 -> 61 us (TCP), 98 -> 60 us (websockets); costs <= spin_us of CPU per batch
         self._conn.set_options(spin_us=spin_us)

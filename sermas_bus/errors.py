@@ -14,6 +14,9 @@
      +-- ProtocolError (ValueError)              option impossible in this MQTT version
      +-- PublishError                            broker refused a publish (reason code)
      +-- OutboxFullError                         too many publishes wait for the broker
+     +-- PersistenceError (OSError)              the durable outbox (persistence=) failed
+     |    +-- PersistenceLockedError              its directory is another live client's
+     |    +-- PersistenceFullError                it holds persistence_max_bytes already
      +-- SubscribeError                          broker refused a subscription
      |    +-- SubscriptionRefusedError            ... with .filter, .reason_code and why
      +-- ForkError (RuntimeError)                client used in a forked child
@@ -32,6 +35,9 @@ from ._core import (  # noqa: F401
     JSONDecodeError,
     NotAuthorizedError,
     NotConnectedError,
+    PersistenceError,
+    PersistenceFullError,
+    PersistenceLockedError,
     ProtocolError,
     ProtocolVersionError,
     PublishError,
@@ -93,6 +99,12 @@ class ConnectionClosedError(ConnectError):
     plain text, or a broker that accepts none of MQTT 5 and 3.1.1."""
 
 
+class PersistenceRecoveryWarning(UserWarning):
+    """Opening a persistence directory found a damaged log (a torn last record
+    after a crash, or corruption): every good record was recovered, the
+    damaged bytes were skipped and the original kept beside it."""
+
+
 class OutboxFullError(SermasBusError):
     """The outbox holds its maximum of publishes not yet delivered (the
     client is offline, or the broker is slower than the publisher).  Wait
@@ -104,4 +116,5 @@ __all__ = [
     "ConnectionLostError", "NotConnectedError", "TimeoutError", "ProtocolError", "PublishError",
     "SubscribeError", "ForkError", "ClosedError", "JSONDecodeError", "OutboxFullError",
     "NothingListeningError", "WebSocketUpgradeError", "ConnectionClosedError",
+    "PersistenceError", "PersistenceLockedError", "PersistenceFullError", "PersistenceRecoveryWarning",
 ]

@@ -4,6 +4,7 @@
         client.connect("127.0.0.1", proxy.port)
         proxy.cut()             # reset every open connection (RST)
         proxy.blackhole()       # open connections stay open but carry nothing, no RST
+        proxy.blackhole("up")   # ... only client->broker ("down": only broker->client)
         proxy.delay(0.2)        # every chunk waits 0.2 s, both ways
         proxy.half_packet()     # the next client->broker chunk: half of it, then a reset
 
@@ -25,7 +26,7 @@ class _Link:
 
     def __init__(self, proxy: "FaultProxy", client: socket.socket, upstream: socket.socket):
         self.proxy, self.client, self.upstream = proxy, client, upstream
-        self.blackholed = False
+        self.blackholed_up = self.blackholed_down = False
         self.delay = 0.0
         self.half_next = False
         self.closed = threading.Event()
@@ -43,8 +44,8 @@ class _Link:
                     break
                 if not data:
                     break
-                if self.blackholed:
-                    continue                # swallowed: neither side hears anything
+                if self.blackholed_up if upstream else self.blackholed_down:
+                    continue                # swallowed: the other side hears nothing
                 if self.delay:
                     time.sleep(self.delay)
                 if upstream and self.half_next:
@@ -58,6 +59,10 @@ class _Link:
         finally:
             if not self.blackholed:
                 self.reset()
+
+    @property
+    def blackholed(self) -> bool:
+        return self.blackholed_up or self.blackholed_down
 
     def reset(self) -> None:
         """Close both sides with an RST (SO_LINGER 0)."""
@@ -128,8 +133,14 @@ class FaultProxy:
     def cut(self) -> int:
         return self._each(lambda lk: lk.reset())
 
-    def blackhole(self) -> int:
-        return self._each(lambda lk: setattr(lk, "blackholed", True))
+    def blackhole(self, direction: str = "both") -> int:
+        if direction not in ("both", "up", "down"):
+            raise ValueError(f"direction must be 'both', 'up' or 'down', not {direction!r}")
+
+        def change(lk: _Link) -> None:
+            lk.blackholed_up = lk.blackholed_up or direction in ("both", "up")
+            lk.blackholed_down = lk.blackholed_down or direction in ("both", "down")
+        return self._each(change)
 
     def delay(self, seconds: float) -> int:
         return self._each(lambda lk: setattr(lk, "delay", seconds))
@@ -146,7 +157,7 @@ class FaultProxy:
         with self._lock:
             links, self._links = self._links, []
         for lk in links:
-            lk.blackholed = False
+            lk.blackholed_up = lk.blackholed_down = False
             lk.reset()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
