@@ -168,7 +168,9 @@ class SermasClient:
                  mqtt_client_id: Optional[str] = None, tls_context: Any = None,
                  refresh_margin: float = 30.0, session_expiry: int = 3600, start_loop: bool = True,
                  connect_timeout: float = 10.0, max_inflight: int = 100, max_queued: int = 10000,
-                 protocol: Optional[int] = None, token_swap: str = "overlap"):
+                 protocol: Optional[int] = None, token_swap: str = "overlap",
+                 persistence: Any = None, persistence_sync: str = "write",
+                 persistence_max_bytes: Optional[int] = None):
         if not app_id:
             raise ValueError("app_id is required: every SERMAS topic starts with app/<appId>/")
         self.base_url = base_url.rstrip("/")
@@ -187,8 +189,16 @@ class SermasClient:
         # A session that outlives a connection only for a client id the user
         # chose: a random id would leave a session on the broker at every run
         self._stable_id = mqtt_client_id is not None
+        if persistence is not None and not self._stable_id:
+            raise ValueError("persistence needs mqtt_client_id=: the store and the broker's session "
+                             "belong to one client id, the same at every start")
+        #: with a store, every start resumes the session (clean start off): a
+        #: message in flight when the last run died is completed, not re-sent
+        self._resume_session = persistence is not None
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
                                    client_id=mqtt_client_id or f"sermas-{app_id}-{uuid.uuid4().hex[:12]}",
+                                   persistence=persistence, persistence_sync=persistence_sync,
+                                   persistence_max_bytes=persistence_max_bytes,
                                    **({} if protocol is None else {"protocol": protocol}))
         # the connection life-cycle under the paho face (sermas_bus._engine)
         self._engine = self._client._engine
@@ -250,6 +260,12 @@ class SermasClient:
             return ClientCredentials(self.base_url, self.app_id, client_id, client_secret)
         return None
 
+    @property
+    def persistence_report(self) -> Optional[Dict[str, Any]]:
+        """What opening ``persistence`` found (restored messages, damage
+        skipped); None without persistence."""
+        return self._client.persistence_report
+
     # ---- lifecycle ------------------------------------------------------------
 
     def connect(self) -> "SermasClient":
@@ -269,7 +285,10 @@ class SermasClient:
         if self._source is not None:
             self._token = self._source.fetch()
             self._client.username_pw_set(self._token.access_token, PASSWORD_PLACEHOLDER)
-        self._client.connect(self.mqtt_url, properties=self._session_props)
+        if self._resume_session:
+            self._client.connect(self.mqtt_url, properties=self._session_props, clean_start=False)
+        else:
+            self._client.connect(self.mqtt_url, properties=self._session_props)
 
     def close(self) -> None:
         self._stop.set()

@@ -443,3 +443,30 @@ def test_inbound_qos2_is_not_delivered_twice_across_a_restart(tmp_path, fresh_br
         assert got == [b"next"]
     else:
         assert got == [b"once", b"next"]
+
+
+# ---- the SERMAS face ----------------------------------------------------------------
+
+def test_sermas_client_keeps_offline_events_across_a_restart(tmp_path):
+    """SermasClient(persistence=...): events published at QoS 1 before the
+    first connect (the platform not reachable yet) survive the process and
+    go out after the next start; a store needs a stable mqtt_client_id."""
+    import queue
+
+    from sermas_bus import SermasClient
+    from sermas_bus.testing import LocalBus
+    creds = {"app_id": "myapp", "client_id": "svc", "client_secret": "svc-secret"}
+    with pytest.raises(ValueError, match="persistence needs mqtt_client_id"):
+        SermasClient("http://127.0.0.1:9", persistence=str(tmp_path), **creds)
+    with LocalBus(apps={"myapp": {"clients": {"svc": "svc-secret"}}}, token_ttl=300) as lb:
+        first = SermasClient(lb.api_url, mqtt_client_id="durable-svc", persistence=str(tmp_path), **creds)
+        for i in range(5):
+            first.publish("dialogue.messages", {"sessionId": "s1", "text": f"t{i}"}, qos=1)
+        first.close()
+        got = queue.Queue()
+        with SermasClient(lb.api_url, **creds) as watcher:
+            watcher.subscribe("dialogue.messages", lambda event, msg: got.put(event["text"]), qos=1)
+            again = SermasClient(lb.api_url, mqtt_client_id="durable-svc", persistence=str(tmp_path), **creds)
+            assert again.persistence_report["messages"] == 5
+            with again:
+                assert [got.get(timeout=10) for _ in range(5)] == [f"t{i}" for i in range(5)]
