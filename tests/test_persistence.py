@@ -225,6 +225,43 @@ def test_a_full_store_refuses_with_a_clear_error_and_keeps_what_it_accepted(tmp_
     c.close()
 
 
+def test_a_failing_disk_is_reported_not_hidden(tmp_path):
+    """A write error (here: the file size limit, as a full disk would) makes
+    publish() raise PersistenceError saying the message is not durable, and
+    refuses later publishes instead of pretending."""
+    code = '''
+import resource, signal, sys
+sys.path.insert(0, %r)
+import sermas_bus.client as m
+from sermas_bus import errors
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+c = m.Client(m.CallbackAPIVersion.VERSION2, "p1", persistence=%r)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+ok = 0
+try:
+    for i in range(10000):
+        c.publish("t/disk", b"x" * 1000, qos=1)
+        ok += 1
+except errors.PersistenceError as e:
+    print("first:", ok, e)
+try:
+    c.publish("t/disk", b"y", qos=1)
+except errors.PersistenceError as e:
+    print("then:", e)
+''' % (os.path.dirname(HERE), str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    first, then = out.stdout.strip().split("\n")
+    assert first.startswith("first: ") and int(first.split()[1]) > 10
+    assert "could not write to" in first and "File too large" in first and "not durable" in first
+    assert "failed earlier" in then
+    # what was written before the error is all there; the record the error cut is a torn tail
+    with pytest.warns(errors.PersistenceRecoveryWarning, match="torn last record"):
+        c = _offline(tmp_path)
+    assert c.persistence_report["messages"] == int(first.split()[1])
+    c.close()
+
+
 def test_bad_persistence_arguments_are_clear(tmp_path):
     with pytest.raises(ValueError, match="persistence needs a client_id"):
         mqtt.Client(V2, "", persistence=str(tmp_path))
