@@ -50,14 +50,13 @@ asan-test: install
 		PYTHONPATH=$(ASAN_DIR) $(abspath $(VPY)) -m pytest -p no:sermas_bus -p no:cacheprovider \
 		tests/test_client_basic.py tests/test_client_reliability.py tests/test_outbox.py tests/test_json.py tests/test_topics.py tests/test_sermas.py
 
-# libFuzzer harnesses (clang): each runs FUZZ_SECONDS from its committed seed
-# corpus (fuzz/corpus/<name>), new units kept in build/fuzz/corpus-<name>.
-# A short run of each is part of `make test` (tests/test_fuzz.py).
+# libFuzzer harnesses (clang, ASan + UBSan; fuzz/build.py builds them): the
+# plugin's JWT check, the durable store's recovery, and the core's JSON
+# decoder, encoder round trip, topic render/match, filter trie and MQTT 5
+# properties (those in an embedded CPython).  Each runs FUZZ_SECONDS from its
+# committed seed corpus (fuzz/corpus/<name>), new units kept in
+# build/fuzz/corpus-<name>.  A 10 s run of each is part of `make test`.
 FUZZ_SECONDS ?= 60
 FUZZ_DIR ?= build/fuzz
-fuzz: deps
-	@mkdir -p $(FUZZ_DIR)
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-		fuzz/fuzz_jwt.c -o $(FUZZ_DIR)/fuzz_jwt -lcrypto -lcjson
-	@mkdir -p $(FUZZ_DIR)/corpus-jwt && cp -n fuzz/corpus/jwt/* $(FUZZ_DIR)/corpus-jwt/
-	$(FUZZ_DIR)/fuzz_jwt -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZ_DIR)/corpus-jwt
+fuzz: install
+	$(VPY) fuzz/build.py --run $(FUZZ_SECONDS) $(FUZZ_DIR)

@@ -169,10 +169,16 @@ sb_props_to_pairs(const MQTTProperties *props)
         case MQTTPROPERTY_TYPE_UTF_8_ENCODED_STRING:
             value = PyUnicode_DecodeUTF8(p->value.data.data, p->value.data.len, "replace");
             break;
-        case MQTTPROPERTY_TYPE_UTF_8_STRING_PAIR:
-            value = Py_BuildValue("(s#s#)", p->value.data.data, (Py_ssize_t)p->value.data.len,
-                                  p->value.value.data, (Py_ssize_t)p->value.value.len);
+        case MQTTPROPERTY_TYPE_UTF_8_STRING_PAIR: {
+            /* as the string properties: bytes that are not UTF-8 (a peer's
+             * bug) become U+FFFD rather than fail the delivery */
+            PyObject *k = PyUnicode_DecodeUTF8(p->value.data.data, p->value.data.len, "replace");
+            PyObject *v = k ? PyUnicode_DecodeUTF8(p->value.value.data, p->value.value.len, "replace") : NULL;
+            value = v ? PyTuple_Pack(2, k, v) : NULL;
+            Py_XDECREF(k);
+            Py_XDECREF(v);
             break;
+        }
         default:
             continue;   /* unknown type: skip rather than fail a delivery */
         }

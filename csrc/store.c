@@ -516,7 +516,8 @@ compact_locked(sb_store *s, const unsigned char *src, int keep_image, char *err,
             live[n++] = &s->tab[i];
             size += s->tab[i].len;
         }
-    qsort(live, n, sizeof *live, by_offset);
+    if (n > 1)
+        qsort(live, n, sizeof *live, by_offset);
     if ((img = malloc(size)) == NULL)
         goto nomem;
     write_header(s, img);
@@ -912,7 +913,8 @@ sb_store_each_message(sb_store *s, sb_store_msg_fn fn, void *ctx)
         if ((m = find(s, key)) != NULL)
             m->token = atoi(strchr(e->key, '-') + 1);
     }
-    qsort(msgs, n, sizeof *msgs, by_seq);
+    if (n > 1)
+        qsort(msgs, n, sizeof *msgs, by_seq);
     for (i = 0; i < n && rc == 0; i++) {
         record r;
         sb_store_msg m;

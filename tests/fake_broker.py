@@ -26,6 +26,8 @@ Behaviour:
 * ``drop_on={"SUBSCRIBE": 1}``: the first N packets of that type are
   recorded and answered by closing the connection (a broker that dies
   mid-request); later ones are answered normally.
+* ``after_suback=b"..."``: raw bytes sent after every SUBACK (a PUBLISH a
+  real broker would refuse to forward, say).
 * A first packet that is not CONNECT, or a malformed packet, closes the
   connection.
 """
@@ -157,12 +159,14 @@ class FakeBroker:
     """Threaded fake MQTT broker on 127.0.0.1; see the module docstring."""
 
     def __init__(self, refuse_v5: bool = True, refusal: str = "v5",
-                 host: str = "127.0.0.1", drop_on: Optional[dict] = None) -> None:
+                 host: str = "127.0.0.1", drop_on: Optional[dict] = None,
+                 after_suback: Optional[bytes] = None) -> None:
         if refusal not in ("v5", "v311", "close"):
             raise ValueError("refusal must be 'v5' (CONNACK reason 0x84), 'v311' (CONNACK return "
                              "code 1) or 'close' (no CONNACK: RabbitMQ 3.10), got {!r}".format(refusal))
         self.refuse_v5 = refuse_v5
         self.refusal = refusal
+        self.after_suback = after_suback
         self.drops_left = {_TYPES_BY_NAME[k]: n for k, n in (drop_on or {}).items()}
         self.host = host
         self.port: Optional[int] = None
@@ -399,6 +403,8 @@ class FakeBroker:
                 granted = [opts & 3 for _topic, opts in _subscribe_filters(body, v5)]
                 props = b"\x00" if v5 else b""
                 self._send(sock, conn, build_packet(SUBACK, 0, body[:2] + props + bytes(granted)))
+                if self.after_suback:
+                    self._send(sock, conn, self.after_suback)
             elif pkt.type == UNSUBSCRIBE:
                 if v5:
                     n = len(_unsubscribe_filters(body))

@@ -14,6 +14,7 @@ import json
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -1017,3 +1018,25 @@ def test_close_racing_reconnect_never_hangs(quiet_broker):
         t.join(20)
         assert not t.is_alive(), f"reconnect() hung at iteration {i}"
         assert c.protocol == mqtt.MQTTv5, "a connect cut short by close() made the client fall back"
+
+
+def test_a_user_property_that_is_not_utf8_still_delivers_the_message(make_client):
+    """Regression (found by the properties fuzzer): a received UserProperty
+    whose bytes are not UTF-8 made the properties conversion raise, so the
+    message could not be delivered.  It is decoded with U+FFFD, like the
+    other string properties, and the message arrives."""
+    from fake_broker import build_packet, encode_remaining_length
+    topic = b"t/bad-utf8"
+    user = bytes([0x26]) + b"\x00\x01k" + b"\x00\x02\xff\xfe"      # UserProperty ("k", b"\xff\xfe")
+    props = encode_remaining_length(len(user)) + user
+    publish = build_packet(3, 0, struct.pack("!H", len(topic)) + topic + props + b"payload")
+    with FakeBroker(refuse_v5=False, after_suback=publish) as fb:
+        inbox = Inbox()
+        c = make_client()
+        c.on_message = inbox
+        c.connect("127.0.0.1", fb.port)
+        c.loop_start()
+        c.subscribe("t/#", 0)
+        (m,) = inbox.wait(1)
+        assert m.payload == b"payload"
+        assert m.properties.UserProperty == [("k", "\ufffd\ufffd")]
