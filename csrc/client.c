@@ -247,11 +247,11 @@ conn_close_impl(sb_client *self)
         }
         /* paho is done with the store: what is buffered goes to the file,
          * the lock is released (file I/O: no GIL) */
-        sb_outbox_store_close_nogil(self, 1);
+        sb_outbox_store_close_nogil(self);
         Py_END_ALLOW_THREADS
     }
     else
-        sb_outbox_store_close_nogil(self, 0);   /* the parent's files: only forget */
+        sb_outbox_store_forget(self);   /* the parent's files: only forget */
     self->handle = NULL;   /* after fork: forget, never destroy (paho's state is the parent's) */
     sb_queue_clear(self);
     pthread_mutex_lock(&self->mu);
@@ -726,7 +726,11 @@ raise_store_refusal(sb_client *self, sb_state *st, int rc)
                         "(see the first PersistenceError); fix the directory and open the client again");
         return;
     }
-    sb_store_get_stats(self->store, &ss);
+    memset(&ss, 0, sizeof ss);
+    pthread_mutex_lock(&self->mu);     /* close() clears store under mu before freeing it */
+    if (self->store != NULL)
+        sb_store_get_stats(self->store, &ss);
+    pthread_mutex_unlock(&self->mu);
     PyErr_Format(st->PersistenceFullError,
                  "publish refused: the outbox store is full (%llu of its max_bytes %llu hold %llu "
                  "messages the broker has not acknowledged); wait for the connection (flush()) or "
@@ -817,7 +821,9 @@ conn_wait_published(sb_client *self, PyObject *args)
      * so the record, is kept alive by our caller) */
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->mu);
-    while ((state = record_state_locked(o, &reason)) == SB_PUB_PENDING && !self->closing) {
+    /* closing alone is not the end: close() disconnects (which can take a
+     * while on a silent broker) before it gives the records up as LOST */
+    while ((state = record_state_locked(o, &reason)) == SB_PUB_PENDING && !self->outbox_closed) {
         int r;
         self->pub_waiters++;
         sb_blocking_enter_locked(self);   /* the PUBACK is read by paho's thread */

@@ -383,19 +383,24 @@ static int
 recreate_handle_nogil(sb_client *self, const connect_request *r)
 {
     MQTTClient_createOptions co = MQTTClient_createOptions_initializer;
+    sb_store *store;
     int rc;
 
     pthread_mutex_lock(&self->mu);
     self->recreating = 1;          /* new calls keep off the old handle */
+    /* paho reads the store while creating the handle: close() must wait */
+    store = self->closing ? NULL : self->store;
+    if (store != NULL)
+        self->store_users++;
     pthread_mutex_unlock(&self->mu);
     sb_handle_drain_nogil(self);
     sb_destroy_handle_nogil(self);
     co.MQTTVersion = r->version;
-    if (self->store != NULL) {
+    if (store != NULL) {
         /* paho keeps its in-flight and inbound QoS 2 state in our store and
          * restores it here; it cannot restore another version's records */
-        sb_store_keep_version(self->store, r->version >= MQTTVERSION_5);
-        sb_store_paho_interface(self->store, &self->store_iface);
+        sb_store_keep_version(store, r->version >= MQTTVERSION_5);
+        sb_store_paho_interface(store, &self->store_iface);
         rc = MQTTClient_createWithOptions(&self->handle, r->a.uris[0], self->client_id,
                                           MQTTCLIENT_PERSISTENCE_USER, &self->store_iface, &co);
     }
@@ -411,6 +416,8 @@ recreate_handle_nogil(sb_client *self, const connect_request *r)
         sb_destroy_handle_nogil(self);
     pthread_mutex_lock(&self->mu);
     self->recreating = 0;
+    if (store != NULL && --self->store_users == 0)
+        pthread_cond_broadcast(&self->pub_cv);
     pthread_mutex_unlock(&self->mu);
     return rc;
 }

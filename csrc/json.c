@@ -338,7 +338,7 @@ put_ascii_tail(char *p, const unsigned char *end, int r)
 /* ASCII text with json's escapes, 8 bytes at a time.  `read_before`: the
  * 8 bytes before s + n are readable even when n < 8 (true for a compact
  * str, whose characters follow its header in the same allocation).  The
- * caller reserved 6n + 2 >= 8 bytes. */
+ * caller reserved 6n + 8 bytes after p (a tail store writes 8). */
 static inline char *
 put_ascii(char *p, const unsigned char *s, Py_ssize_t n, int read_before)
 {
@@ -428,8 +428,11 @@ enc_str(sb_enc *e, PyObject *s)
         PyErr_NoMemory();
         return -1;
     }
-    /* worst case: every character a 6-byte \u00XX */
-    if (enc_reserve(e, 6 * (size_t)n + 2) < 0)
+    /* worst case: every character a 6-byte \u00XX; + 8: put_ascii_tail
+     * stores a whole word even for a 1-character string (found by
+     * fuzz_json_roundtrip: a 1-byte stack-buffer overflow at the end of the
+     * encoder's inline buffer) */
+    if (enc_reserve(e, 6 * (size_t)n + 2 + 8) < 0)
         return -1;
     p = e->p;
     *p++ = '"';

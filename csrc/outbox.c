@@ -373,6 +373,7 @@ sb_outbox_close_locked(sb_client *c)
     }
     c->ob_count = 0;
     c->inflight = 0;
+    c->outbox_closed = 1;
     pthread_cond_broadcast(&c->pub_cv);
     pthread_cond_broadcast(&c->win_cv);
     pthread_cond_broadcast(&c->ob_cv);

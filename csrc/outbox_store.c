@@ -282,10 +282,24 @@ sb_conn_open_store(sb_client *self, PyObject *args, PyObject *kw)
         PyErr_SetString(exc_type, err);
         return NULL;
     }
-    /* back into the outbox, before anything else can touch it */
+    /* back into the outbox, before anything else can touch it: checked
+     * again under the same lock (a connect or publish may have begun while
+     * the log was read) */
     pthread_mutex_lock(&self->mu);
+    if (self->handle != NULL || self->pub_seq > 0 || self->recreating || self->closing) {
+        pthread_mutex_unlock(&self->mu);
+        Py_BEGIN_ALLOW_THREADS
+        sb_store_close(store);
+        Py_END_ALLOW_THREADS
+        PyErr_SetString(PyExc_RuntimeError,
+                        "persistence must be opened before the first connect() or publish()");
+        return NULL;
+    }
     self->store = store;
     rc = sb_store_each_message(store, restore_one_locked, &ctx);
+    /* new messages are numbered after every seq the log names, restored or not */
+    if (sb_store_max_seq(store) > self->pub_seq)
+        self->pub_seq = sb_store_max_seq(store);
     pthread_mutex_unlock(&self->mu);
     if (rc != 0) {
         /* out of memory half-way: what was restored stays; the rest is in
@@ -301,20 +315,28 @@ sb_conn_open_store(sb_client *self, PyObject *args, PyObject *kw)
     return report;
 }
 
-/* Close the store with the client (owner process), or only forget it (a
- * forked child: the parent's lock and log).  Caller holds no locks. */
+/* Close the store with the client: publishers still between accept and
+ * commit finish first; buffered records reach the file; the lock is
+ * released.  File I/O and a wait: the caller released the GIL. */
 void
-sb_outbox_store_close_nogil(sb_client *self, int owner)
+sb_outbox_store_close_nogil(sb_client *self)
 {
     sb_store *s;
     pthread_mutex_lock(&self->mu);
-    while (owner && self->store_users > 0)     /* publishers still committing */
+    while (self->store_users > 0)
         pthread_cond_wait(&self->pub_cv, &self->mu);
     s = self->store;
     self->store = NULL;
     pthread_mutex_unlock(&self->mu);
-    if (owner)
-        sb_store_close(s);
-    else
-        sb_store_forget(s);
+    sb_store_close(s);
+}
+
+/* A forked child's close: the lock and the log are the parent's; free our
+ * copy only (no I/O, no wait: the child has no other threads). */
+void
+sb_outbox_store_forget(sb_client *self)
+{
+    sb_store *s = self->store;
+    self->store = NULL;
+    sb_store_forget(s);
 }

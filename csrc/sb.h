@@ -178,6 +178,7 @@ typedef struct {
     Py_ssize_t qmax;            /* bound on qlen (back-pressure beyond it) */
     int blocking;               /* threads blocked on the broker: never make paho wait */
     int closing;
+    int outbox_closed;          /* close() gave every record up (LOST): waiters may return */
     int recreating;             /* connect() is replacing the handle */
     int handle_users;           /* threads inside a paho call with the handle */
     int connecting;             /* threads inside paho's connect */
@@ -260,7 +261,8 @@ void sb_outbox_settled_without_paho_locked(sb_client *c, sb_out *o);
 
 /* outbox_store.c: the durable outbox */
 PyObject *sb_conn_open_store(sb_client *self, PyObject *args, PyObject *kw);
-void sb_outbox_store_close_nogil(sb_client *self, int owner);
+void sb_outbox_store_close_nogil(sb_client *self);
+void sb_outbox_store_forget(sb_client *self);
 int sb_props_pack(const MQTTProperties *props, unsigned char **out, uint32_t *len);
 int sb_props_unpack(const unsigned char *b, uint32_t len, MQTTProperties *props);
 

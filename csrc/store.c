@@ -30,6 +30,7 @@
 #define REC_MAX_BODY (512u << 20)       /* larger than any MQTT packet */
 #define KEY_MAX 23
 #define COMPACT_MIN (16u << 20)         /* never compact a log smaller than this */
+#define COMPACT_FROM_PAHO_MAX (1u << 20) /* paho's threads compact only this much live data */
 
 enum { REC_ACCEPT = 'A', REC_DONE = 'D', REC_PUT = 'P', REC_DEL = 'R', REC_DROP = 'X',
        REC_CLEAR = 'C' };
@@ -57,9 +58,11 @@ struct sb_store {
     entry *tab;
     size_t cap, used, tombs;
     uint64_t live_bytes, messages;
+    uint64_t max_seq;           /* the highest message seq any record named */
     uint64_t end;               /* the log's logical size: written + buffered */
     uint64_t written;           /* bytes handed to the OS */
     uint64_t synced;            /* bytes fdatasync'ed */
+    uint64_t epoch;             /* bumped by each compaction (offsets start over) */
     uint64_t compact_at;
     int syncing;
     unsigned char *buf;
@@ -303,6 +306,10 @@ apply(sb_store *s, const record *r, uint64_t off, uint32_t len)
     entry *e;
     size_t i;
 
+    if (r->seq > s->max_seq)
+        s->max_seq = r->seq;
+    if (r->link > s->max_seq)
+        s->max_seq = r->link;
     switch (r->type) {
     case REC_ACCEPT:
         message_key(key, r->seq);
@@ -444,10 +451,12 @@ write_all(int fd, const unsigned char *p, size_t n)
 static int
 write_buffer_locked(sb_store *s)
 {
-    if (s->buf_len == 0)
-        return s->io_error ? -1 : 0;
-    if (s->io_error)
+    if (s->io_error) {
+        s->buf_len = 0;          /* nothing reaches the file any more: do not pile it up */
         return -1;
+    }
+    if (s->buf_len == 0)
+        return 0;
     if (write_all(s->fd, s->buf, s->buf_len) < 0) {
         set_io_error_locked(s, "write to", errno);
         return -1;
@@ -497,19 +506,23 @@ fsync_dir(const char *dir)
 
 /* Write the live records (read from src, the old log's bytes, or from the
  * file when src is NULL) into a new log that replaces the old one atomically
- * (temporary file, fdatasync, rename, directory fsync).  The buffer must be
- * empty.  Keeps the new log's bytes in s->image when keep_image.  0, or -1
- * with err filled (the old log stays in use). */
+ * (temporary file, fdatasync, open, rename, directory fsync).  The buffer
+ * must be empty.  Nothing in memory changes until the new log is in place:
+ * on failure the old log stays in use, every offset still right.  Keeps
+ * the new log's bytes in s->image when keep_image.  0, or -1 with err. */
 static int
 compact_locked(sb_store *s, const unsigned char *src, int keep_image, char *err, size_t errlen)
 {
     entry **live = NULL;
+    uint64_t *new_off = NULL;
     unsigned char *img = NULL;
     char tmp[4200];
     size_t n = 0, i, size = header_size(s), pos;
     int fd = -1, nfd = -1;
 
-    if (s->used > 0 && (live = malloc(s->used * sizeof *live)) == NULL)
+    tmp[0] = '\0';
+    if (s->used > 0 && ((live = malloc(s->used * sizeof *live)) == NULL ||
+                        (new_off = malloc(s->used * sizeof *new_off)) == NULL))
         goto nomem;
     for (i = 0; i < s->cap; i++)
         if (s->tab[i].state == 1) {
@@ -537,29 +550,36 @@ compact_locked(sb_store *s, const unsigned char *src, int keep_image, char *err,
             put64(r + REC_HEADER + 1, e->link);
             put32(r + 8, crc_of(r + REC_HEADER, e->len - REC_HEADER));
         }
-        e->off = pos;
+        new_off[i] = pos;
         pos += e->len;
     }
     snprintf(tmp, sizeof tmp, "%s.tmp", s->path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || write_all(fd, img, size) < 0 || fdatasync(fd) < 0) {
+    fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || write_all(fd, img, size) < 0 || fdatasync(fd) < 0 ||
+        (nfd = open(tmp, O_RDWR | O_APPEND | O_CLOEXEC)) < 0) {
         snprintf(err, errlen, "could not write %s: %s", tmp, strerror(errno));
         goto fail;
     }
     close(fd);
     fd = -1;
-    if (rename(tmp, s->path) < 0 || fsync_dir(s->dir) < 0 ||
-        (nfd = open(s->path, O_RDWR | O_APPEND | O_CLOEXEC)) < 0) {
+    if (rename(tmp, s->path) < 0) {
         snprintf(err, errlen, "could not replace %s: %s", s->path, strerror(errno));
         goto fail;
     }
+    tmp[0] = '\0';           /* renamed: nothing to remove any more */
+    (void)fsync_dir(s->dir); /* the rename's own durability; the data is synced either way */
+    /* the new log is in place: now the books follow it */
+    for (i = 0; i < n; i++)
+        live[i]->off = new_off[i];
     if (s->fd >= 0)
         close(s->fd);
     s->fd = nfd;
     s->end = s->written = s->synced = size;
+    s->epoch++;               /* committers of the old log: it is all synced */
     s->compact_at = 4 * (uint64_t)size > COMPACT_MIN ? 4 * (uint64_t)size : COMPACT_MIN;
     s->compactions++;
     free(live);
+    free(new_off);
     if (keep_image) {
         free(s->image);
         s->image = img;
@@ -567,24 +587,34 @@ compact_locked(sb_store *s, const unsigned char *src, int keep_image, char *err,
     }
     else
         free(img);
+    pthread_cond_broadcast(&s->sync_cv);
     return 0;
 nomem:
     snprintf(err, errlen, "out of memory compacting %s", s->path);
 fail:
     if (fd >= 0)
         close(fd);
-    unlink(tmp);
+    if (nfd >= 0)
+        close(nfd);
+    if (tmp[0] != '\0')
+        unlink(tmp);
     free(live);
+    free(new_off);
     free(img);
     return -1;
 }
 
-/* Compact when the log grew well past what is live (caller wrote the buffer). */
+/* Compact when the log grew well past what is live (caller wrote the
+ * buffer).  from_paho: called on paho's threads, under its mutex: only when
+ * the live set is small (a subscriber's inbound QoS 2 records), so paho's
+ * keep-alive never waits on copying a large outbox; publishers compact
+ * the rest from their commit. */
 static void
-maybe_compact_locked(sb_store *s)
+maybe_compact_locked(sb_store *s, int from_paho)
 {
     char err[600];
-    if (s->syncing || s->io_error || s->buf_len > 0 || s->end < s->compact_at)
+    if (s->syncing || s->io_error || s->buf_len > 0 || s->end < s->compact_at ||
+        (from_paho && s->live_bytes > COMPACT_FROM_PAHO_MAX))
         return;
     if (compact_locked(s, NULL, 0, err, sizeof err) < 0)
         s->compact_at = s->end * 2;   /* try again later; the old log is intact */
@@ -764,7 +794,9 @@ keep_damaged(sb_store *s, sb_store_report *rep)
     n = snprintf(name, size, "%s/outbox.damaged-%04d%02d%02d-%02d%02d%02d-%ld.log", s->dir,
                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                  (long)getpid());
-    if (n < 0 || (size_t)n >= size || rename(s->path, name) != 0)
+    /* a second name for the damaged file: the log itself stays until the
+     * rewritten one replaces it (an open that fails later loses nothing) */
+    if (n < 0 || (size_t)n >= size || link(s->path, name) != 0)
         name[0] = '\0';   /* not kept (the report says so); the good records are recovered */
 }
 
@@ -1008,8 +1040,9 @@ sb_store_commit(sb_store *s, char *err, size_t errlen)
     if (s->sync == SB_STORE_SYNC_FSYNC) {
         /* group commit: one thread syncs what all have written; the others
          * wait for it, or sync again if their bytes came after its start */
-        uint64_t mine = s->written;
-        while (s->synced < mine && !s->io_error) {
+        uint64_t mine = s->written, epoch = s->epoch;
+        /* a compaction meanwhile synced everything into a new log */
+        while (s->epoch == epoch && s->synced < mine && !s->io_error) {
             if (s->syncing) {
                 pthread_cond_wait(&s->sync_cv, &s->mu);
                 continue;
@@ -1025,7 +1058,7 @@ sb_store_commit(sb_store *s, char *err, size_t errlen)
                 s->syncs++;
                 if (r < 0)
                     set_io_error_locked(s, "fdatasync", errno);
-                else if (upto > s->synced)
+                else if (s->epoch == epoch && upto > s->synced)
                     s->synced = upto;
                 pthread_cond_broadcast(&s->sync_cv);
             }
@@ -1036,7 +1069,7 @@ sb_store_commit(sb_store *s, char *err, size_t errlen)
         }
     }
     if (rc == SB_STORE_OK)
-        maybe_compact_locked(s);
+        maybe_compact_locked(s, 0);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -1077,11 +1110,22 @@ sb_store_keep_version(sb_store *s, int mqtt5)
         if (e->state == 1 && e->key[0] != '#' && is_v5_key(e->key) != (mqtt5 != 0)) {
             char key[KEY_MAX + 1];
             memcpy(key, e->key, sizeof key);
-            (void)forget_key_locked(s, REC_DROP, key);   /* may rehash: the loop restarts */
-            i = (size_t)-1;
+            if (forget_key_locked(s, REC_DROP, key) < 0 && find(s, key) != NULL)
+                erase(s, find(s, key));   /* out of memory: forget it here at least */
+            i = (size_t)-1;              /* the table may have been rehashed: start over */
         }
     }
     pthread_mutex_unlock(&s->mu);
+}
+
+uint64_t
+sb_store_max_seq(sb_store *s)
+{
+    uint64_t v;
+    pthread_mutex_lock(&s->mu);
+    v = s->max_seq;
+    pthread_mutex_unlock(&s->mu);
+    return v;
 }
 
 void
@@ -1156,7 +1200,7 @@ p_put(void *handle, char *key, int bufcount, char *buffers[], int buflens[])
     if (append_locked(s, parts, lens, n) < 0 || write_buffer_locked(s) < 0)
         rc = MQTTCLIENT_PERSISTENCE_ERROR;
     else
-        maybe_compact_locked(s);
+        maybe_compact_locked(s, 1);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }

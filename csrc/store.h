@@ -111,6 +111,9 @@ void sb_store_publishing(sb_store *s, uint64_t seq);
  * other version are dropped (paho cannot restore them; their messages stay
  * accepted and are sent again). */
 void sb_store_keep_version(sb_store *s, int mqtt5);
+/* The highest message seq the log names (accepted, settled or linked): a
+ * restarted client numbers new messages after it, never reusing one. */
+uint64_t sb_store_max_seq(sb_store *s);
 /* Fill paho's persistence interface for this store. */
 void sb_store_paho_interface(sb_store *s, MQTTClient_persistence *p);
 

@@ -100,3 +100,17 @@ def free_port():
 
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
+
+
+#: set when the suite runs under `make asan-test` (the sanitizer runtime is
+#: preloaded into every process the tests start)
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+def pgrep(*args, **kw):
+    """pgrep, without the sanitizer preload of `make asan-test` (procps
+    hangs with libasan preloaded)."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    return subprocess.run(["pgrep", *args], env=env, timeout=30, **kw)
+

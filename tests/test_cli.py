@@ -9,6 +9,7 @@ import time
 import pytest
 
 from sermas_bus.localbus import LocalBus
+from support import pgrep
 
 APP = "cliapp"
 
@@ -115,7 +116,7 @@ def test_bus_command_runs_a_local_bus_in_the_foreground():
                                      "SERMAS_CLIENT_SECRET"}
             out = run(["pub", "ui.content", '{"ok": true}'], env=dict(os.environ, **settings))
             assert out.returncode == 0, out.stderr
-            brokers = subprocess.run(["pgrep", "-P", str(proc.pid), "mosquitto"], capture_output=True)
+            brokers = pgrep("-P", str(proc.pid), "mosquitto", capture_output=True)
             assert brokers.stdout.split(), "the bus command should run a mosquitto child"
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=20) == 0

@@ -589,3 +589,16 @@ def test_big_ints_follow_the_interpreters_digit_limit():
     finally:
         sys.set_int_max_str_digits(limit)
     assert "sys.get_int_max_str_digits()" in sjson.__doc__
+
+
+def test_one_character_strings_at_the_end_of_the_inline_buffer():
+    """Regression (found by fuzz_json_roundtrip under ASan): a 1-character
+    string written where the encoder's inline buffer ends stored one byte
+    past it.  Every end offset around the buffer's size is tried; under
+    `make asan-test` the old code fails here."""
+    import json as std
+    from sermas_bus import json as sbjson
+    for k in range(1900, 2300):
+        for tail in (["b"], {"c": "d"}, ["e", "f"]):
+            value = ["a" * k, tail]
+            assert sbjson.dumps(value) == std.dumps(value, separators=(",", ":")).encode()

@@ -26,6 +26,7 @@ from sermas_bus.auth import AuthRejected, AuthRequestError, AuthServerError, Cli
 from sermas_bus.errors import NotAuthorizedError, PublishError
 from sermas_bus.testing import LocalBus
 from sermas_bus.tokens import make_jwt, verify_jwt
+from support import pgrep
 
 # the plugin's fixtures, imported rather than listed in pytest_plugins: once the
 # package is installed its pytest11 entry point registers the same module, and
@@ -166,12 +167,12 @@ def test_up_and_down_leaves_nothing():
     token_thread = b.token_server._thread
     ports = list(b.broker.listeners.values())
     assert all(os.path.isdir(d) for d in dirs)
-    found = subprocess.run(["pgrep", "-f", conf], stdout=subprocess.PIPE, text=True)
+    found = pgrep("-f", conf, stdout=subprocess.PIPE, text=True)
     assert str(pid) in found.stdout.split()
 
     b.close()
     assert not pid_alive(pid)
-    assert subprocess.run(["pgrep", "-f", conf], stdout=subprocess.DEVNULL).returncode == 1
+    assert pgrep("-f", conf, stdout=subprocess.DEVNULL).returncode == 1
     for d in dirs:
         assert not os.path.exists(d), d
     for port in [api_port] + ports:

@@ -9,9 +9,9 @@ close() gives up.  Against real mosquitto brokers, with SIGKILL outages.
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
-import collections
 import threading
 import time
 
@@ -313,3 +313,31 @@ def test_broker_killed_for_2s_mid_stream_loses_nothing(fresh_broker, make_client
 @pytest.mark.parametrize("face", ["client", "sermas"])
 def test_broker_killed_for_15s_mid_stream_loses_nothing(fresh_broker, make_client, unique_topic, face):
     _outage(fresh_broker, make_client, unique_topic, face, 15.0)
+
+
+def test_close_of_a_connected_client_reports_lost_not_timeout(quiet_broker, make_client, unique_topic):
+    """Regression: wait_for_publish woke when close() began and, the outbox
+    not yet given up, reported a time-out; while close() disconnects from a
+    silent broker that window is long.  It now waits until close() gave the
+    record up and raises ConnectionLostError."""
+    from fault_proxy import FaultProxy
+    with FaultProxy("127.0.0.1", quiet_broker.listeners["tcp"]) as proxy:
+        c = make_client()
+        c.connect("127.0.0.1", proxy.port)
+        c.loop_start()
+        proxy.blackhole()
+        info = c.publish(unique_topic + "silent", b"x", 1)
+        outcome = []
+
+        def waiter():
+            try:
+                info.wait_for_publish(20)
+                outcome.append("returned")
+            except Exception as exc:   # recorded for the assertion below
+                outcome.append(exc)
+        t = threading.Thread(target=waiter, daemon=True)
+        t.start()
+        time.sleep(0.2)
+        c.close()
+        t.join(10)
+        assert outcome and isinstance(outcome[0], errors.ConnectionLostError), outcome

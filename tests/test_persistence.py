@@ -507,3 +507,63 @@ def test_sermas_client_keeps_offline_events_across_a_restart(tmp_path):
             assert again.persistence_report["messages"] == 5
             with again:
                 assert [got.get(timeout=10) for _ in range(5)] == [f"t{i}" for i in range(5)]
+
+
+def test_a_failed_rewrite_after_damage_keeps_the_log(tmp_path):
+    """Regression (review): open moved a damaged log aside before the
+    rewritten one was in place, so an open that then failed (a full disk)
+    left an empty store for the next start.  The log now stays until its
+    replacement is written."""
+    _publish_offline(tmp_path, [b"m%d" % i + b"x" * 3000 for i in range(20)])
+    with open(_log(tmp_path), "ab") as f:
+        f.write(REC_MAGIC + b"\x40\x00")     # a torn record at the end
+    code = '''
+import resource, signal, sys
+sys.path.insert(0, %r)
+import sermas_bus.client as m
+from sermas_bus import errors
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
+try:
+    m.Client(m.CallbackAPIVersion.VERSION2, "p1", persistence=%r)
+except errors.PersistenceError as e:
+    print("refused:", e)
+''' % (os.path.dirname(HERE), str(tmp_path))
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=60)
+    assert "refused:" in out.stdout and "File too large" in out.stdout, out.stdout + out.stderr
+    with pytest.warns(errors.PersistenceRecoveryWarning):
+        c = _offline(tmp_path)
+    assert c.persistence_report["messages"] == 20
+    c.close()
+
+
+@pytest.mark.timeout(120)
+def test_fsync_group_commit_survives_a_compaction(tmp_path, quiet_broker):
+    """Regression (review): a committer waiting for a group fdatasync kept a
+    file offset from before a compaction and then synced in a loop until as
+    many bytes again had been written (publish() hung)."""
+    c = mqtt.Client(V2, "p1", persistence=str(tmp_path), persistence_sync="fsync")
+    c.connect("127.0.0.1", quiet_broker.listeners["tcp"])
+    c.loop_start()
+    big = b"x" * (300 * 1024)
+    slowest = []
+
+    def run():
+        worst = 0.0
+        for _ in range(25):
+            t = time.monotonic()
+            c.publish("t/fsync-big", big, qos=1)
+            worst = max(worst, time.monotonic() - t)
+        slowest.append(worst)
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "a publish() hung"
+    assert c.flush(30)
+    assert c._conn.stats()["store"]["compactions"] >= 2
+    assert max(slowest) < 5.0, slowest
+    c.disconnect()
+    c.loop_stop()
+    c.close()
