@@ -148,20 +148,26 @@ def test_unacknowledged_publish_survives_a_disconnect(fresh_broker, make_client,
     assert b"kept" in [m.payload for m in inbox.wait(1, 10)]
 
 
-def test_close_gives_up_queued_publishes_and_wakes_waiters(make_client, unique_topic):
-    c = make_client()
-    infos = [c.publish(unique_topic + "gone", b"x", 1) for _ in range(3)]
+def _waiting(info):
+    """A thread in info.wait_for_publish(20); its outcome ("returned" or
+    the exception) lands in the list."""
     outcome = []
 
     def waiter():
         try:
-            infos[0].wait_for_publish(20)
+            info.wait_for_publish(20)
             outcome.append("returned")
-        except Exception as exc:   # recorded for the assertion below
+        except Exception as exc:   # recorded for the test's assertions
             outcome.append(exc)
-
     t = threading.Thread(target=waiter, daemon=True)
     t.start()
+    return t, outcome
+
+
+def test_close_gives_up_queued_publishes_and_wakes_waiters(make_client, unique_topic):
+    c = make_client()
+    infos = [c.publish(unique_topic + "gone", b"x", 1) for _ in range(3)]
+    t, outcome = _waiting(infos[0])
     time.sleep(0.1)
     assert not outcome
     c.close()
@@ -327,16 +333,7 @@ def test_close_of_a_connected_client_reports_lost_not_timeout(quiet_broker, make
         c.loop_start()
         proxy.blackhole()
         info = c.publish(unique_topic + "silent", b"x", 1)
-        outcome = []
-
-        def waiter():
-            try:
-                info.wait_for_publish(20)
-                outcome.append("returned")
-            except Exception as exc:   # recorded for the assertion below
-                outcome.append(exc)
-        t = threading.Thread(target=waiter, daemon=True)
-        t.start()
+        t, outcome = _waiting(info)
         time.sleep(0.2)
         c.close()
         t.join(10)
