@@ -466,6 +466,10 @@ take_over_session_nogil(sb_client *self, const connect_request *r, connect_outco
         while (tokens[ntok] != -1)
             ntok++;
     pthread_mutex_lock(&self->mu);
+    /* the version of this handle, before anything may send on it: the
+     * flusher starts on the queued records as soon as connected is set,
+     * while note_handle() only runs once connect() has the GIL back */
+    self->mqtt_version = r->version;
     self->connected = 1;
     self->window = (unsigned)(r->max_inflight < out->server_rm ? r->max_inflight : out->server_rm);
     sb_outbox_after_connect_locked(self, tokens, ntok);

@@ -338,3 +338,33 @@ def test_close_of_a_connected_client_reports_lost_not_timeout(quiet_broker, make
         c.close()
         t.join(10)
         assert outcome and isinstance(outcome[0], errors.ConnectionLostError), outcome
+
+
+def test_queued_records_sent_at_once_after_connect_use_the_new_handles_version(quiet_broker, make_client,
+                                                                               unique_topic):
+    """Regression (seen under `make asan-test`): the flusher starts sending
+    queued records the moment the connection is up, but the MQTT version
+    of the new handle was noted only once connect() had the GIL back; in
+    between paho refused every record (wrong MQTT version) and they failed
+    with reason 0x80.  A thread holding the GIL widens that gap here."""
+    topic = unique_topic + "version"
+    sub, inbox = subscriber(make_client, quiet_broker.url("tcp"), topic)
+    pub = make_client()                  # MQTT 5 (the broker speaks it)
+    infos = [pub.publish(topic, str(i), 1) for i in range(300)]
+    stop = threading.Event()
+
+    def hog():                           # pure Python: holds the GIL between switches
+        x = 0
+        while not stop.is_set():
+            x += 1
+    hogs = [threading.Thread(target=hog, daemon=True) for _ in range(3)]
+    for h in hogs:
+        h.start()
+    try:
+        pub.connect(quiet_broker.url("tcp"))
+    finally:
+        stop.set()
+    pub.loop_start()
+    for info in infos:
+        info.wait_for_publish(10)        # raised PublishError (0x80) before the fix
+    assert [int(m.payload) for m in inbox.wait(300, 10)] == list(range(300))

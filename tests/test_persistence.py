@@ -59,12 +59,14 @@ def _log(directory):
 def _deliver(directory, port, topic_filter, n, client_id="p1", timeout=10.0):
     """Open the store again, connect, and return what a subscriber got."""
     inbox = Inbox()
+    subscribed = threading.Event()
     sub = mqtt.Client(V2, "sub-" + uuid.uuid4().hex[:8])
     sub.on_message = inbox
+    sub.on_subscribe = lambda *args: subscribed.set()
     sub.connect("127.0.0.1", port)
-    sub.subscribe(topic_filter, 2)
     sub.loop_start()
-    time.sleep(0.2)
+    sub.subscribe(topic_filter, 2)
+    assert subscribed.wait(10), "no SUBACK"
     pub = mqtt.Client(V2, client_id, persistence=str(directory))
     try:
         pub.connect("127.0.0.1", port)

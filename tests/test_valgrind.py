@@ -54,6 +54,8 @@ OURS = ("_core.cpython", "/csrc/", "libpaho", "libcjson", "store.c", "sermas_jwt
 def test_workload_under_memcheck_loses_nothing(tmp_path, quiet_broker):
     if shutil.which("valgrind") is None:
         pytest.skip("valgrind is not installed (Debian package valgrind)")
+    if "libasan" in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip("memcheck and AddressSanitizer do not run in one process (make asan-test)")
     store = tmp_path / "store"
     run, lost, _ = _memcheck([os.path.join(HERE, "valgrind_workload.py"),
                               str(quiet_broker.listeners["tcp"]), str(store)], tmp_path)
