@@ -42,5 +42,5 @@ def open_store(conn: Any, directory: Any, sync: str, max_bytes: Optional[int]) -
             f"persistence directory {report['directory']}: skipped {report['damaged_bytes']} bytes of "
             f"{what}; recovered {report['records']} good records ({report['messages']} undelivered "
             f"messages); the original is kept as {where}",
-            PersistenceRecoveryWarning, stacklevel=4)
+            PersistenceRecoveryWarning, stacklevel=3)
     return report
