@@ -125,25 +125,32 @@ add_exception(PyObject *mod, PyObject **slot, const char *name, PyObject *bases,
             return -1; \
     } while (0)
 
-/* paho.mqtt.c records its allocations in a tree that its first
- * MQTTClient_create sets up (Heap_initialize); until then what it allocates
- * is never released by its own free.  Properties are converted before any
- * handle exists (a publish while offline, the durable store's restore):
- * 470 bytes lost per publish with properties (found by fuzz/fuzz_core.c's
- * properties harness).  One handle created and destroyed at import sets the
- * tree up for good (MQTTClient_terminate leaves it in place).  Returns
+/* paho.mqtt.c records its allocations in a tree that MQTTClient_create
+ * sets up when the library is not initialised (Heap_initialize, a memset of
+ * the tree), and MQTTClient_terminate ends when the last handle goes.
+ * Until the first create, what paho allocates is never released by its own
+ * free (properties converted before any handle exists -- a publish while
+ * offline, the durable store's restore -- lost 470 bytes each; found by
+ * fuzz/fuzz_core.c's properties harness); and each later re-initialisation
+ * forgets the allocations alive then, and resets the tree under any thread
+ * converting properties at that moment.  So one handle, never connected and
+ * never destroyed, keeps the library initialised for the process's life
+ * (an unconnected handle starts no thread and holds no socket).  Returns
  * paho's rc. */
 static int
-init_paho_heap(void)
+init_paho_anchor(void)
 {
-    MQTTClient h;
-    int rc;
-    /* paho calls: no GIL (the rule; nothing else runs paho yet) */
+    static MQTTClient anchor = NULL;
+    int rc = MQTTCLIENT_SUCCESS;
+    if (anchor != NULL)
+        return rc;   /* another interpreter imported us first */
+    /* a paho call: no GIL (the rule; nothing else runs paho yet) */
     Py_BEGIN_ALLOW_THREADS
-    rc = MQTTClient_create(&h, "tcp://127.0.0.1:1", "sermas-bus-init", MQTTCLIENT_PERSISTENCE_NONE, NULL);
-    if (rc == MQTTCLIENT_SUCCESS)
-        MQTTClient_destroy(&h);
+    rc = MQTTClient_create(&anchor, "tcp://127.0.0.1:1", "sermas-bus-anchor", MQTTCLIENT_PERSISTENCE_NONE,
+                           NULL);
     Py_END_ALLOW_THREADS
+    if (rc != MQTTCLIENT_SUCCESS)
+        anchor = NULL;
     return rc;
 }
 
@@ -166,7 +173,7 @@ sb_exec(PyObject *mod)
                      SB_MIN_PAHO_MAJOR, SB_MIN_PAHO_MINOR, SB_MIN_PAHO_PATCH, ver);
         return -1;
     }
-    if (init_paho_heap() != MQTTCLIENT_SUCCESS) {
+    if (init_paho_anchor() != MQTTCLIENT_SUCCESS) {
         PyErr_SetString(PyExc_ImportError, "sermas_bus: paho.mqtt.c could not create a client (out of memory?)");
         return -1;
     }
