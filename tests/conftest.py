@@ -42,18 +42,7 @@ BROKER_USERS = {"alice": "secret"}
 
 
 def pytest_collection_modifyitems(config, items):
-    """Give every test without an explicit timeout mark a 60 s pytest-timeout;
-    run the fuzz harnesses last.
-
-    Why last: with Debian's libpaho-mqtt3cs 1.3.12, running tests/test_fuzz.py
-    (about 100 s with no MQTT in this process) right before tests/test_interop.py
-    makes paho's receive thread crash in a list walk (ListFindItem from
-    MQTTClient_run) at the 31st interop test, every time; neither file alone
-    does, nor the same order with a paho built from the 1.3.12 sources.  Not
-    understood yet (see the stop-15 note); until it is, the order avoids it."""
-    fuzz = [item for item in items if item.nodeid.startswith("tests/test_fuzz.py")]
-    if fuzz:
-        items[:] = [item for item in items if item not in fuzz] + fuzz
+    """Give every test without an explicit timeout mark a 60 s pytest-timeout."""
     if not config.pluginmanager.hasplugin("timeout"):
         return
     for item in items:
