@@ -21,6 +21,7 @@
 #include <structmember.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MQTT_ERR_SUCCESS 0
@@ -161,14 +162,44 @@ conn_new(PyTypeObject *tp, PyObject *args, PyObject *kw)
     return (PyObject *)self;
 }
 
+#define SB_FENCE_TIMEOUT_S 5.0
+#define SB_FENCE_FALLBACK_NS 20000000L   /* no keeper: 20 ms for paho to move on */
+
+/* Let paho's receive thread finish with the handle.  It runs our
+ * messageArrived with its mutex released and, once we return, goes on using
+ * the handle (it takes the message off the handle's queue): destroying the
+ * handle in that window made it write into freed memory.  Only a callback
+ * already running can be in that window (the caller has disconnected, so
+ * nothing new is read for the handle); the keeper's fence waits until the
+ * receive thread is past it.  Meanwhile we count as a thread waiting on
+ * paho, so that no client's callback parks the receive thread for room. */
+static void
+wait_receive_thread_past_nogil(sb_client *self)
+{
+    pthread_mutex_lock(&self->mu);
+    sb_blocking_enter_locked(self);
+    pthread_mutex_unlock(&self->mu);
+    if (sb_keeper_fence_nogil(SB_FENCE_TIMEOUT_S) != 0) {
+        /* no keeper (it failed to start, or we are a forked child): give
+         * the few instructions of the callback's tail time instead */
+        struct timespec pause = {0, SB_FENCE_FALLBACK_NS};
+        (void)nanosleep(&pause, NULL);
+    }
+    pthread_mutex_lock(&self->mu);
+    sb_blocking_leave_locked(self);
+    pthread_mutex_unlock(&self->mu);
+}
+
 /* Destroy the paho handle.  GIL must NOT be held: MQTTClient_destroy may wait
- * up to ~10 s for paho's receive thread, which may want the mutex it holds. */
+ * up to ~10 s for paho's receive thread, which may want the mutex it holds,
+ * and the fence waits for that thread too. */
 void
 sb_destroy_handle_nogil(sb_client *self)
 {
     MQTTClient h = self->handle;
     if (h == NULL)
         return;
+    wait_receive_thread_past_nogil(self);
     self->handle = NULL;
     MQTTClient_destroy(&h);
 }

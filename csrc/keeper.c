@@ -107,6 +107,12 @@ static int k_fd = -1;                 /* its verified keeper connection, or -1 *
 static unsigned k_lost_gen;           /* paho reported this generation's connection lost */
 static unsigned k_wakers;             /* open wake_begin brackets */
 static int k_waker_started;
+static uint64_t k_fence_sent;         /* last fence number written to the keeper */
+
+/* under k_fence_mu: the last fence paho's receive thread delivered */
+static pthread_mutex_t k_fence_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t k_fence_cv;     /* CLOCK_MONOTONIC, made in sb_k_init */
+static uint64_t k_fence_seen;
 
 static double
 sb_k_now(void)
@@ -124,11 +130,15 @@ sb_k_init(void)
         return;
     /* monotonic: the waker's 1 ms sleeps must not jump with the wall clock */
     if (pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 && pthread_cond_init(&k_cv, &ca) == 0) {
-        /* a forked child must drop the keeper before anything else runs */
-        if (pthread_atfork(NULL, NULL, sb_keeper_after_fork_child) == 0)
-            atomic_store(&k_init_ok, 1);
-        else
+        if (pthread_cond_init(&k_fence_cv, &ca) != 0)
             pthread_cond_destroy(&k_cv);
+        /* a forked child must drop the keeper before anything else runs */
+        else if (pthread_atfork(NULL, NULL, sb_keeper_after_fork_child) == 0)
+            atomic_store(&k_init_ok, 1);
+        else {
+            pthread_cond_destroy(&k_fence_cv);
+            pthread_cond_destroy(&k_cv);
+        }
     }
     pthread_condattr_destroy(&ca);
 }
@@ -421,11 +431,21 @@ sb_k_release_server(void)
     pthread_mutex_unlock(&k_io);
 }
 
-/* The keeper's callbacks: trivial, they run on paho's threads. */
+/* The keeper's callbacks: trivial, they run on paho's threads.  The only
+ * messages are the fences our server writes (sb_keeper_fence_nogil). */
 static int
 sb_k_arrived(void *ctx, char *topic, int len, MQTTClient_message *m)
 {
-    MQTTClient_freeMessage(&m);   /* never subscribed: nothing should arrive */
+    uint64_t fence;
+    if (m->payloadlen == (int)sizeof fence) {
+        memcpy(&fence, m->payload, sizeof fence);
+        pthread_mutex_lock(&k_fence_mu);
+        if (fence > k_fence_seen)
+            k_fence_seen = fence;
+        pthread_cond_broadcast(&k_fence_cv);
+        pthread_mutex_unlock(&k_fence_mu);
+    }
+    MQTTClient_freeMessage(&m);
     MQTTClient_free(topic);
     return 1;
 }
@@ -599,6 +619,50 @@ int
 sb_keeper_active(void)
 {
     return !atomic_load(&k_forked) && atomic_load(&k_exists);
+}
+
+/* Write the next fence, a QoS 0 PUBLISH "f" carrying its number, to the
+ * keeper's connection from the server side.  0 and the number, or -1. */
+static int
+sb_k_send_fence(uint64_t *number)
+{
+    unsigned char p[13] = {0x30, 11, 0x00, 0x01, 'f'};
+    struct pollfd w;
+    int rc = -1;
+    pthread_mutex_lock(&k_io);
+    if (atomic_load(&k_ready) && k_fd >= 0) {
+        *number = ++k_fence_sent;
+        memcpy(p + 5, number, sizeof *number);
+        w.fd = k_fd;
+        w.events = POLLOUT;
+        w.revents = 0;
+        /* POLLOUT on TCP means plenty of room: 13 bytes go out whole */
+        if (poll(&w, 1, 0) == 1 && (w.revents & POLLOUT) &&
+            send(k_fd, p, sizeof p, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof p)
+            rc = 0;
+    }
+    pthread_mutex_unlock(&k_io);
+    return rc;
+}
+
+int
+sb_keeper_fence_nogil(double timeout_s)
+{
+    struct timespec ts;
+    uint64_t number = 0;
+    double deadline = sb_k_now() + timeout_s;
+    int rc = 0;
+    if (atomic_load(&k_forked) || !atomic_load(&k_init_ok) || sb_k_send_fence(&number) != 0)
+        return -1;
+    ts.tv_sec = (time_t)deadline;
+    ts.tv_nsec = (long)((deadline - (double)ts.tv_sec) * 1e9);
+    pthread_mutex_lock(&k_fence_mu);
+    while (k_fence_seen < number && rc == 0)
+        rc = pthread_cond_timedwait(&k_fence_cv, &k_fence_mu, &ts) == ETIMEDOUT ? -1 : 0;
+    if (k_fence_seen >= number)
+        rc = 0;
+    pthread_mutex_unlock(&k_fence_mu);
+    return rc;
 }
 
 /* The waker: PINGRESPs at 1 ms while some connect is in progress, and an

@@ -25,6 +25,16 @@ int sb_keeper_ensure_nogil(void);
 void sb_keeper_wake_begin_nogil(void);
 void sb_keeper_wake_end_nogil(void);
 
+/* Wait until paho's receive thread has finished everything it was doing
+ * when this was called: a PUBLISH is written to the keeper's connection and
+ * we wait (at most timeout_s) for the keeper's messageArrived, which that
+ * single thread runs only after the work in hand, the tail of any callback
+ * it was in included.  paho goes on using a handle after our callback
+ * returns (with its mutex released during the call), so a handle may be
+ * destroyed only after a fence.  0 when passed, -1 when the keeper is not up
+ * or the time ran out.  Call without the GIL. */
+int sb_keeper_fence_nogil(double timeout_s);
+
 /* Before fork(), when no connection of the application is open: disconnect
  * and destroy the keeper so that paho's receive thread stops (~100 ms) and
  * the child inherits an idle paho that it may use.  The next ensure()

@@ -553,6 +553,56 @@ def test_close_and_disconnect_under_load(quiet_broker, make_client, unique_topic
     assert [m.payload for m in check.messages(timeout=5, max_messages=1)] == [b"fine"]
 
 
+@pytest.mark.timeout(120)
+def test_close_while_paho_waits_in_our_message_callback(quiet_broker, make_client, unique_topic):
+    """paho's receive thread runs our messageArrived with its mutex released
+    and, once we return, goes on using the handle (it removes the message
+    from the handle's queue).  A close() that destroys the handle in that
+    window made paho write into freed memory, which later crashed its
+    receive thread walking its list of handles (seen once per few full
+    runs; under ASan a heap-use-after-free in MQTTClient_run).  Here the
+    receive thread is parked in our callback (the subscriber's queue is
+    full, nobody consumes) when close() runs, over and over."""
+    topic = unique_topic + "parked"
+    flooder = make_client()
+    flooder.connect(quiet_broker.url("tcp"))
+    stop = threading.Event()
+
+    def flood():
+        while not stop.is_set():
+            if flooder.publish(topic, b"x" * 64, qos=0).rc != mqtt.MQTT_ERR_SUCCESS:
+                return
+            time.sleep(0.0001)
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    parked = 0
+    try:
+        for _ in range(40):
+            if time.monotonic() > deadline:
+                break
+            c = mqtt.Client(V2, queue_max=4)
+            c.connect(quiet_broker.url("tcp"))
+            c.subscribe(topic, 0)
+            # no loop: the queue fills and paho's thread waits in our callback
+            wait_until(lambda: c.stats()["producer_waits"] > 0, 5, "a parked receive thread")
+            parked += 1
+            c.close()
+            del c
+        assert t.is_alive(), "the flooder stopped"
+    finally:
+        stop.set()
+        t.join(10)
+    assert parked >= 10, "the receive thread was parked in only {} closes".format(parked)
+    # paho is healthy: a new client still connects, publishes and receives
+    check = make_client()
+    check.connect(quiet_broker.url("tcp"))
+    check.subscribe(unique_topic + "after", 1)
+    check.publish(unique_topic + "after", b"fine", 1).wait_for_publish(5)
+    assert [m.payload for m in check.messages(timeout=5, max_messages=1)] == [b"fine"]
+
+
 @pytest.mark.timeout(60)
 def test_close_stops_delivery_promptly_with_a_slow_callback(broker, make_client, unique_topic):
     topic = unique_topic + "slowclose"
