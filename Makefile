@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 
-.PHONY: test demo bench docs deps venv install clean asan-test fuzz
+.PHONY: test demo bench docs deps venv install clean asan-test fuzz wheel sdist
 
 deps:
 	@PYTHON=$(PYTHON) scripts/ensure-system-deps.sh
@@ -37,8 +37,17 @@ bench: install
 	$(VPY) bench/bench_json.py
 	$(VPY) bench/bench_topics.py
 
+# A wheel that installs anywhere: sdist, a wheel built from it in an isolated
+# environment, repaired by auditwheel (paho.mqtt.c, cJSON and OpenSSL bundled,
+# manylinux tag for this glibc), both into dist/.  tests/test_wheel.py runs it.
+wheel: install
+	$(VPY) scripts/build_wheel.py dist
+
+sdist: install
+	$(VPY) scripts/build_wheel.py dist --sdist-only
+
 clean:
-	rm -rf build $(VENV) sermas_bus/*.so *.egg-info docs/_build
+	rm -rf build dist $(VENV) sermas_bus/*.so *.egg-info docs/_build
 
 # Developers: the whole suite on a C core built with AddressSanitizer/UBSan,
 # in a scratch copy (the tree's own build is left alone).  Leak detection is

@@ -8,6 +8,8 @@
 #include "sb.h"
 #include "keeper.h"
 
+#include <cjson/cJSON.h>
+
 #include <stdio.h>
 #include <string.h>
 
@@ -32,15 +34,22 @@ get_state(PyObject *mod)
     return (sb_state *)PyModule_GetState(mod);
 }
 
-/* The runtime library's version string, e.g. "1.3.12". */
+/* One entry of paho's runtime version information ("Version": e.g.
+ * "1.3.12"; "OpenSSL version": the OpenSSL paho runs with), or NULL. */
 static const char *
-paho_runtime_version(void)
+paho_runtime_info(const char *name)
 {
     MQTTClient_nameValue *info = MQTTClient_getVersionInfo();
     for (; info && info->name; info++)
-        if (strcmp(info->name, "Version") == 0)
+        if (strcmp(info->name, name) == 0)
             return info->value;
     return NULL;
+}
+
+static const char *
+paho_runtime_version(void)
+{
+    return paho_runtime_info("Version");
 }
 
 static PyObject *
@@ -181,6 +190,14 @@ sb_exec(PyObject *mod)
         return -1;
     if (PyModule_AddStringConstant(mod, "paho_library", "paho-mqtt3cs") < 0)
         return -1;
+    /* the libraries actually loaded (a repaired wheel bundles its own) */
+    if (PyModule_AddStringConstant(mod, "cjson_version", cJSON_Version()) < 0)
+        return -1;
+    {
+        const char *ssl = paho_runtime_info("OpenSSL version");
+        if (PyModule_AddStringConstant(mod, "openssl_version", ssl ? ssl : "") < 0)
+            return -1;
+    }
 
     ADD_EXC(Error, "SermasBusError", PyTuple_Pack(1, PyExc_Exception),
             "Base class of every sermas_bus error.");

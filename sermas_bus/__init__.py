@@ -30,6 +30,10 @@ from . import topics  # noqa: F401
 from .sermas import SermasClient
 
 __version__ = "0.1.0"
+#: the versions of the C libraries this process loaded (a wheel bundles its own)
 paho_version = _core.paho_version
+cjson_version = _core.cjson_version
+openssl_version = _core.openssl_version
 
-__all__ = ["SermasClient", "errors", "json", "topics", "__version__", "paho_version"]
+__all__ = ["SermasClient", "errors", "json", "topics", "__version__", "paho_version", "cjson_version",
+           "openssl_version"]

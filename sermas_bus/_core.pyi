@@ -4,6 +4,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 paho_version: str
 paho_library: str
+cjson_version: str
+openssl_version: str
 PUB_PENDING: int
 PUB_DONE: int
 PUB_FAILED: int
