@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 VPY    := $(VENV)/bin/python
 
-.PHONY: test demo bench docs deps venv install clean asan-test fuzz wheel sdist
+.PHONY: test demo bench docs deps venv install clean asan-test fuzz wheel sdist test-all
 
 deps:
 	@PYTHON=$(PYTHON) scripts/ensure-system-deps.sh
@@ -37,6 +37,11 @@ bench: install
 	$(VPY) bench/bench_json.py
 	$(VPY) bench/bench_topics.py
 
+# The suite on every CPython from 3.9 to 3.13 present here (pyenv), one
+# virtualenv each (.venv-3.X); `make test` keeps using one interpreter.
+test-all: deps
+	scripts/test-all.sh
+
 # A wheel that installs anywhere: sdist, a wheel built from it in an isolated
 # environment, repaired by auditwheel (paho.mqtt.c, cJSON and OpenSSL bundled,
 # manylinux tag for this glibc), both into dist/.  tests/test_wheel.py runs it.
@@ -47,7 +52,7 @@ sdist: install
 	$(VPY) scripts/build_wheel.py dist --sdist-only
 
 clean:
-	rm -rf build dist $(VENV) sermas_bus/*.so *.egg-info docs/_build
+	rm -rf build dist $(VENV) .venv-3.* sermas_bus/*.so *.egg-info docs/_build
 
 # Developers: the whole suite on a C core built with AddressSanitizer/UBSan,
 # in a scratch copy (the tree's own build is left alone).  Leak detection is

@@ -889,7 +889,7 @@ static int
 enc_datetime(sb_enc *e, PyObject *o)
 {
     sb_json_state *js = e->js;
-    PyObject *tz = PyDateTime_DATE_GET_TZINFO(o), *off = NULL, *iso = NULL;
+    PyObject *tz = SB_DATETIME_TZINFO(o), *off = NULL, *iso = NULL;
     int utc = tz == js->utc, rc = -1;
     if (!utc && tz != Py_None) {
         off = PyObject_CallMethodOneArg(tz, js->str_utcoffset, o);

@@ -40,6 +40,7 @@
 
 #include <MQTTClient.h>
 
+#include "compat.h"
 #include "store.h"
 
 /* ---- module state ------------------------------------------------------ */
