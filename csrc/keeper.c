@@ -637,9 +637,13 @@ sb_k_send_fence(uint64_t *number)
         w.events = POLLOUT;
         w.revents = 0;
         /* POLLOUT on TCP means plenty of room: 13 bytes go out whole */
-        if (poll(&w, 1, 0) == 1 && (w.revents & POLLOUT) &&
-            send(k_fd, p, sizeof p, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)sizeof p)
-            rc = 0;
+        if (poll(&w, 1, 0) == 1 && (w.revents & POLLOUT)) {
+            ssize_t n = send(k_fd, p, sizeof p, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n == (ssize_t)sizeof p)
+                rc = 0;
+            else if (n > 0)
+                (void)shutdown(k_fd, SHUT_RDWR);   /* garbled stream: drop it, ensure() re-creates */
+        }
     }
     pthread_mutex_unlock(&k_io);
     return rc;
