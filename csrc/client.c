@@ -1076,15 +1076,9 @@ conn_pump(sb_client *self, PyObject *args)
                     goto fail;
                 else {
                     /* report through the Python layer (logging), keep going */
-                    PyObject *et, *ev_, *tb, *r2;
-                    PyErr_Fetch(&et, &ev_, &tb);
-                    PyErr_NormalizeException(&et, &ev_, &tb);
-                    if (tb != NULL && ev_ != NULL)
-                        PyException_SetTraceback(ev_, tb);
-                    r2 = PyObject_CallOneArg(on_error, ev_ ? ev_ : Py_None);
-                    Py_XDECREF(et);
-                    Py_XDECREF(ev_);
-                    Py_XDECREF(tb);
+                    PyObject *exc = PyErr_GetRaisedException(), *r2;
+                    r2 = PyObject_CallOneArg(on_error, exc ? exc : Py_None);
+                    Py_XDECREF(exc);
                     if (r2 == NULL)
                         goto fail;
                     Py_DECREF(r2);

@@ -1,7 +1,8 @@
 /*
- * compat.h - the few CPython C API calls of 3.10+ that the core uses, for
- * CPython 3.9 (the oldest we support).  Each is what CPython 3.10 itself
- * does; on 3.10 and later this file is empty.
+ * compat.h - the few newer CPython C API calls the core uses, for the older
+ * versions we support (3.9+): the 3.10 reference helpers and module/type
+ * lookups, and 3.12's PyErr_GetRaisedException/PyErr_SetRaisedException.
+ * Each is what the newer CPython itself does; on 3.12+ this file is empty.
  */
 #ifndef SB_COMPAT_H
 #define SB_COMPAT_H
@@ -70,5 +71,37 @@ PyType_GetModuleByDef(PyTypeObject *type, PyModuleDef *def)
 #define SB_DATETIME_TZINFO(o) PyDateTime_DATE_GET_TZINFO(o)
 
 #endif /* PY_VERSION_HEX < 3.10 */
+
+/* 3.12's single-object exception API, which replaces the deprecated
+ * PyErr_Fetch/PyErr_NormalizeException/PyErr_Restore triple */
+#if PY_VERSION_HEX < 0x030C0000
+
+static inline PyObject *
+PyErr_GetRaisedException(void)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    if (et == NULL)
+        return NULL;
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (tb != NULL && ev != NULL)
+        PyException_SetTraceback(ev, tb);
+    Py_DECREF(et);
+    Py_XDECREF(tb);
+    return ev;
+}
+
+static inline void
+PyErr_SetRaisedException(PyObject *exc)
+{
+    if (exc == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    Py_INCREF(Py_TYPE(exc));
+    PyErr_Restore((PyObject *)Py_TYPE(exc), exc, PyException_GetTraceback(exc));
+}
+
+#endif /* PY_VERSION_HEX < 3.12 */
 
 #endif /* SB_COMPAT_H */

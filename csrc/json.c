@@ -98,24 +98,22 @@ static PyObject *quote_key(PyObject *key);
 static PyObject *
 component_for_key(PyObject *key)
 {
-    PyObject *et, *ev, *tb, *r;
-    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *pending = PyErr_GetRaisedException(), *r;
     r = quote_key(key);
     if (r == NULL)
         PyErr_Clear();
-    PyErr_Restore(et, ev, tb);
+    PyErr_SetRaisedException(pending);
     return r;
 }
 
 static PyObject *
 component_for_index(Py_ssize_t i)
 {
-    PyObject *et, *ev, *tb, *r;
-    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *pending = PyErr_GetRaisedException(), *r;
     r = PyUnicode_FromFormat("[%zd]", i);
     if (r == NULL)
         PyErr_Clear();
-    PyErr_Restore(et, ev, tb);
+    PyErr_SetRaisedException(pending);
     return r;
 }
 
@@ -516,16 +514,15 @@ put_u64(char *p, unsigned long long v)
 static int
 enc_bigint(sb_enc *e, PyObject *o)
 {
-    PyObject *r = PyLong_Type.tp_repr(o), *et = NULL, *ev = NULL, *tb = NULL;
+    PyObject *r = PyLong_Type.tp_repr(o), *exc = NULL;
     const char *s;
     Py_ssize_t n;
     int rc = -1;
     if (r == NULL) {
         /* more digits than sys.get_int_max_str_digits() allows */
         if (PyErr_ExceptionMatches(PyExc_ValueError)) {
-            PyErr_Fetch(&et, &ev, &tb);
-            PyErr_NormalizeException(&et, &ev, &tb);
-            rc = enc_fail(e, PyExc_ValueError, "int too large to write: %S", ev ? ev : Py_None);
+            exc = PyErr_GetRaisedException();
+            rc = enc_fail(e, PyExc_ValueError, "int too large to write: %S", exc ? exc : Py_None);
         }
         goto done;
     }
@@ -534,9 +531,7 @@ enc_bigint(sb_enc *e, PyObject *o)
         rc = enc_raw(e, s, (size_t)n);
 done:
     Py_XDECREF(r);
-    Py_XDECREF(et);
-    Py_XDECREF(ev);
-    Py_XDECREF(tb);
+    Py_XDECREF(exc);
     return rc;
 }
 
@@ -1142,11 +1137,10 @@ enc_obj(sb_enc *e, PyObject *o)
 static void
 enc_note_place(sb_enc *e)
 {
-    PyObject *et, *ev, *tb, *path, *note = NULL, *r = NULL;
+    PyObject *ev, *path, *note = NULL, *r = NULL;
     if (!PyErr_Occurred())
         PyErr_SetString(PyExc_SystemError, "json encoder failed without an error");
-    PyErr_Fetch(&et, &ev, &tb);
-    PyErr_NormalizeException(&et, &ev, &tb);
+    ev = PyErr_GetRaisedException();
     path = trail_path(&e->trail, e->trail.n);
     if (path != NULL)
         note = PyUnicode_FromFormat("while encoding %U as JSON", path);
@@ -1156,7 +1150,7 @@ enc_note_place(sb_enc *e)
     Py_XDECREF(r);
     Py_XDECREF(note);
     Py_XDECREF(path);
-    PyErr_Restore(et, ev, tb);
+    PyErr_SetRaisedException(ev);
 }
 
 /* After the depth limit: a container met twice on the way down (steps
@@ -1311,15 +1305,11 @@ utf8_str(sb_dec *d, const char *s, Py_ssize_t n, const char *errors, const unsig
 {
     PyObject *r = PyUnicode_DecodeUTF8(s, n, errors);
     if (r == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
-        PyObject *et, *ev, *tb;
         Py_ssize_t start = 0;
-        PyErr_Fetch(&et, &ev, &tb);
-        PyErr_NormalizeException(&et, &ev, &tb);
+        PyObject *ev = PyErr_GetRaisedException();
         if (ev == NULL || PyUnicodeDecodeError_GetStart(ev, &start) < 0)
             PyErr_Clear();
-        Py_XDECREF(et);
         Py_XDECREF(ev);
-        Py_XDECREF(tb);
         dec_fail(d, at + start, "invalid UTF-8 in a string");
     }
     return r;
@@ -1608,15 +1598,11 @@ number_slow(sb_dec *d, const unsigned char *s, Py_ssize_t n, int is_float)
         r = PyLong_FromString(buf, &endp, 10);
         if (r == NULL && PyErr_ExceptionMatches(PyExc_ValueError)) {
             /* more digits than sys.get_int_max_str_digits() allows */
-            PyObject *et, *ev, *tb;
-            PyErr_Fetch(&et, &ev, &tb);
-            PyErr_NormalizeException(&et, &ev, &tb);
+            PyObject *ev = PyErr_GetRaisedException();
             Py_XSETREF(d->err_obj, ev ? PyObject_Str(ev) : NULL);
             if (d->err_obj == NULL)
                 PyErr_Clear();
-            Py_XDECREF(et);
             Py_XDECREF(ev);
-            Py_XDECREF(tb);
             dec_fail(d, s, "integer too large");
         }
     }
@@ -1903,10 +1889,9 @@ set_decode_error(sb_json_state *js, PyObject *msg, Py_ssize_t at, PyObject *path
 static void
 raise_str_not_utf8(sb_json_state *js)
 {
-    PyObject *et, *ev, *tb, *msg = NULL, *path = NULL;
+    PyObject *ev, *msg = NULL, *path = NULL;
     Py_ssize_t start = 0;
-    PyErr_Fetch(&et, &ev, &tb);
-    PyErr_NormalizeException(&et, &ev, &tb);
+    ev = PyErr_GetRaisedException();
     if (ev == NULL || PyUnicodeEncodeError_GetStart(ev, &start) < 0)
         PyErr_Clear();
     path = PyUnicode_FromString("payload");
@@ -1914,9 +1899,7 @@ raise_str_not_utf8(sb_json_state *js)
                                start);
     if (msg != NULL && path != NULL)
         set_decode_error(js, msg, start, path);
-    Py_XDECREF(et);
     Py_XDECREF(ev);
-    Py_XDECREF(tb);
     Py_XDECREF(msg);
     Py_XDECREF(path);
 }
