@@ -353,6 +353,13 @@ static PyModuleDef_Slot sb_slots[] = {
     /* paho's threads and process-wide state cannot be shared between interpreters */
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #endif
+#ifdef Py_mod_gil
+    /* What is true today: the Python-side state of a Connection, a filter
+     * trie or a topic table (their dicts, lists, callbacks and caches) is
+     * guarded by the GIL, not by locks of ours; a free-threaded build
+     * re-enables the GIL when it imports us rather than race */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
     {0, NULL}
 };
 
