@@ -1132,6 +1132,28 @@ enc_obj(sb_enc *e, PyObject *o)
     return enc_other(e, o);
 }
 
+/* PEP 678's note for Pythons without BaseException.add_note (3.9, 3.10):
+ * append to the exception's __notes__ list, as add_note does.  New
+ * reference to None, or NULL with an exception. */
+static PyObject *
+append_note(PyObject *exc, PyObject *note)
+{
+    PyObject *notes = PyObject_GetAttrString(exc, "__notes__");
+    int rc;
+    if (notes == NULL) {
+        PyErr_Clear();
+        if ((notes = PyList_New(0)) == NULL)
+            return NULL;
+        if (PyObject_SetAttrString(exc, "__notes__", notes) < 0) {
+            Py_DECREF(notes);
+            return NULL;
+        }
+    }
+    rc = PyList_Check(notes) ? PyList_Append(notes, note) : 0;   /* not a list: leave it alone */
+    Py_DECREF(notes);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
+}
+
 /* An exception raised by Python code (a property, a tzinfo, ...) or a
  * MemoryError keeps its type; the place is added as a note. */
 static void
@@ -1144,8 +1166,9 @@ enc_note_place(sb_enc *e)
     path = trail_path(&e->trail, e->trail.n);
     if (path != NULL)
         note = PyUnicode_FromFormat("while encoding %U as JSON", path);
-    if (note != NULL && ev != NULL && PyObject_HasAttrString(ev, "add_note"))   /* 3.11+ */
-        r = PyObject_CallMethod(ev, "add_note", "O", note);
+    if (note != NULL && ev != NULL)
+        r = PyObject_HasAttrString(ev, "add_note") ? PyObject_CallMethod(ev, "add_note", "O", note)   /* 3.11+ */
+                                                   : append_note(ev, note);
     PyErr_Clear();     /* a failure to add the note must not replace the error */
     Py_XDECREF(r);
     Py_XDECREF(note);

@@ -584,8 +584,9 @@ def test_entry_point_is_declared():
 
 
 def _entry_point_installed():
-    return any(ep.name == "sermas_bus" and ep.value == "sermas_bus.pytest_plugin"
-               for ep in importlib.metadata.entry_points(group="pytest11"))
+    eps = importlib.metadata.entry_points()
+    group = eps.select(group="pytest11") if hasattr(eps, "select") else eps.get("pytest11", [])   # 3.9
+    return any(ep.name == "sermas_bus" and ep.value == "sermas_bus.pytest_plugin" for ep in group)
 
 
 def test_fixture_in_a_pytest_run(pytester):
