@@ -44,7 +44,18 @@ def _error_blocks(stderr):
         blocks.append(cur)
     kinds = ("Invalid", "Mismatched", "Use of uninitialised", "Conditional jump", "Syscall param",
              "Source and destination overlap")
-    return [(b[0], "\n".join(b)) for b in blocks if b[0].startswith(kinds)]
+    return [(b[0], "\n".join(b)) for b in blocks if b[0].startswith(kinds)], blocks
+
+
+def _definite_losses(stderr):
+    """memcheck's "definitely lost" loss records: (bytes, whole block)."""
+    _, blocks = _error_blocks(stderr)
+    found = []
+    for b in blocks:
+        m = re.match(r"([\d,]+) bytes in [\d,]+ blocks are definitely lost", b[0])
+        if m:
+            found.append((int(m.group(1).replace(",", "")), "\n".join(b)))
+    return found
 
 
 OURS = ("_core.cpython", "/csrc/", "libpaho", "libcjson", "store.c", "sermas_jwt")
@@ -60,7 +71,13 @@ def test_workload_under_memcheck_loses_nothing(tmp_path, quiet_broker):
     run, lost, _ = _memcheck([os.path.join(HERE, "valgrind_workload.py"),
                               str(quiet_broker.listeners["tcp"]), str(store)], tmp_path)
     assert "received" in run.stdout, run.stdout
-    assert lost == 0, run.stderr[-6000:]
-    for first, block in _error_blocks(run.stderr):
+    # nothing of ours is ever lost; and an interpreter that frees everything at
+    # exit (up to 3.11) loses nothing at all.  3.12+ keep interned strings
+    # immortal and never free them: those records have interpreter frames only.
+    ours_lost = [block for _, block in _definite_losses(run.stderr) if any(mark in block for mark in OURS)]
+    assert not ours_lost, "\n\n".join(ours_lost)[-6000:]
+    if sys.version_info < (3, 12):
+        assert lost == 0, run.stderr[-6000:]
+    for first, block in _error_blocks(run.stderr)[0]:
         assert not first.startswith(("Invalid", "Mismatched", "Source and destination")), block
         assert not any(mark in block for mark in OURS), block
