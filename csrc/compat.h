@@ -1,7 +1,7 @@
 /*
  * compat.h - the few newer CPython C API calls the core uses, for the older
  * versions we support (3.9+): the 3.10 reference helpers and module/type
- * lookups, and 3.12's PyErr_GetRaisedException/PyErr_SetRaisedException.
+ * lookups (json.c adds 3.10's datetime tzinfo accessor after datetime.h), and 3.12's PyErr_GetRaisedException/PyErr_SetRaisedException.
  * Each is what the newer CPython itself does; on 3.12+ this file is empty.
  */
 #ifndef SB_COMPAT_H
@@ -61,14 +61,6 @@ PyType_GetModuleByDef(PyTypeObject *type, PyModuleDef *def)
                  type->tp_name);
     return NULL;
 }
-
-/* for files that include datetime.h */
-#define SB_DATETIME_TZINFO(o) \
-    (((_PyDateTime_BaseTZInfo *)(o))->hastzinfo ? ((PyDateTime_DateTime *)(o))->tzinfo : Py_None)
-
-#else
-
-#define SB_DATETIME_TZINFO(o) PyDateTime_DATE_GET_TZINFO(o)
 
 #endif /* PY_VERSION_HEX < 3.10 */
 

@@ -27,6 +27,10 @@
 #include "sb.h"
 
 #include <datetime.h>
+#ifndef PyDateTime_DATE_GET_TZINFO   /* 3.9: as CPython 3.10 defines it */
+#define PyDateTime_DATE_GET_TZINFO(o) \
+    (((_PyDateTime_BaseTZInfo *)(o))->hastzinfo ? ((PyDateTime_DateTime *)(o))->tzinfo : Py_None)
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -884,7 +888,7 @@ static int
 enc_datetime(sb_enc *e, PyObject *o)
 {
     sb_json_state *js = e->js;
-    PyObject *tz = SB_DATETIME_TZINFO(o), *off = NULL, *iso = NULL;
+    PyObject *tz = PyDateTime_DATE_GET_TZINFO(o), *off = NULL, *iso = NULL;
     int utc = tz == js->utc, rc = -1;
     if (!utc && tz != Py_None) {
         off = PyObject_CallMethodOneArg(tz, js->str_utcoffset, o);

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import glob
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -67,7 +66,6 @@ def main() -> None:
         raw = os.path.join(scratch, "raw")
         _run(sys.executable, "-m", "build", "--wheel", "--outdir", raw, src, cwd=src)
         _run(sys.executable, "-m", "auditwheel", "repair", "--wheel-dir", out, _only(os.path.join(raw, "*.whl")))
-        shutil.rmtree(raw)
     print(sdist)
     print(_only(os.path.join(out, "sermas_bus-*.whl")))
 
